@@ -1,0 +1,58 @@
+"""Group variable-length features into padded batches under a token budget.
+
+Features are sorted by length so that a batch wastes little on padding; `plan` returns index
+groups and callers put results back in input order through those indices.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+
+DEFAULT_MAX_TOKENS = 8192  # padded tokens per forward pass: ~16 x 512, 64 x 128
+DEFAULT_MAX_BATCH = 64
+
+
+@dataclass
+class Feature:
+    """One model input row: a whole text or one window of it."""
+
+    input_ids: np.ndarray  # (T,) int64
+    token_type_ids: np.ndarray | None = None  # (T,) or None when the model has no token types
+
+
+def plan(lengths: Sequence[int], max_tokens: int = DEFAULT_MAX_TOKENS, max_batch: int = DEFAULT_MAX_BATCH) -> list[list[int]]:
+    """Index groups, longest first, each with (rows x longest row) <= max_tokens and <= max_batch rows."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    batches: list[list[int]] = []
+    current: list[int] = []
+    for i in order:
+        width = lengths[current[0]] if current else lengths[i]  # the first row is the longest
+        if current and ((len(current) + 1) * width > max_tokens or len(current) >= max_batch):
+            batches.append(current)
+            current = []
+        current.append(i)
+    if current:
+        batches.append(current)
+    return batches
+
+
+def collate(features: Sequence[Feature], pad_id: int) -> dict[str, np.ndarray]:
+    """Right-pad a group of features: input_ids, attention_mask and (if any) token_type_ids, (B, T)."""
+    T = max(len(f.input_ids) for f in features)
+    B = len(features)
+    ids = np.full((B, T), pad_id, dtype=np.int64)
+    mask = np.zeros((B, T), dtype=np.int64)
+    types = np.zeros((B, T), dtype=np.int64) if features[0].token_type_ids is not None else None
+    for r, f in enumerate(features):
+        n = len(f.input_ids)
+        ids[r, :n] = f.input_ids
+        mask[r, :n] = 1
+        if types is not None:
+            types[r, :n] = f.token_type_ids
+    out = {"input_ids": ids, "attention_mask": mask}
+    if types is not None:
+        out["token_type_ids"] = types
+    return out

@@ -1,0 +1,73 @@
+"""`pipeline(task, model=...)`: the one entry point, shaped like the Hugging Face one.
+
+Resolves the model reference, loads weights and tokenizer once, wraps them in a Runtime, and
+returns the task object; every other way in (CLI, server, batch) goes through here.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from pathlib import Path
+from typing import Any
+
+from .batching import DEFAULT_MAX_BATCH, DEFAULT_MAX_TOKENS
+
+# task name -> (module, class)
+TASKS = {
+    "fill-mask": ("fill_mask", "FillMask"),
+    "question-answering": ("question_answering", "QuestionAnswering"),
+    "text-classification": ("text_classification", "TextClassification"),
+    "token-classification": ("token_classification", "TokenClassification"),
+}
+ALIASES = {"ner": "token-classification", "sentiment-analysis": "text-classification", "qa": "question-answering"}
+# The seed checkpoints: what a user gets without --model (from the local HF cache, or the hub when online).
+DEFAULT_MODELS = {
+    "question-answering": "distilbert/distilbert-base-cased-distilled-squad",
+    "fill-mask": "distilbert/distilbert-base-uncased",
+    "text-classification": "distilbert/distilbert-base-uncased-finetuned-sst-2-english",
+    "token-classification": "dslim/distilbert-NER",
+}
+
+
+def task_class(task: str):
+    name = ALIASES.get(task, task)
+    if name not in TASKS:
+        raise ValueError(f"unknown task {task!r}; expected one of {', '.join(TASKS)}")
+    module, cls = TASKS[name]
+    return getattr(importlib.import_module(f"distilkit.tasks.{module}"), cls)
+
+
+def pipeline(
+    task: str,
+    model: Any = None,
+    tokenizer: Any = None,
+    *,
+    device: str | None = None,
+    mode: str = "fp32",
+    threads: int | None = None,
+    max_tokens: int = DEFAULT_MAX_TOKENS,
+    max_batch: int = DEFAULT_MAX_BATCH,
+    **options: Any,
+):
+    """Build a task. `model`: a local directory, a hub id, a loaded `Model`, or None for the
+    task's default checkpoint. `options` are the task's default call parameters (top_k, ...)."""
+    from .checkpoint import load_model, resolve
+    from .heads import Model
+    from .runtime import Runtime
+    from .tokenizer import Tokenizer
+
+    cls = task_class(task)
+    model = model if model is not None else os.environ.get("DISTILKIT_MODEL") or DEFAULT_MODELS[cls.name]
+    if isinstance(model, Model):
+        if tokenizer is None:
+            raise ValueError("pass tokenizer= along with an in-memory model")
+        loaded = model
+    else:
+        path = resolve(model)
+        loaded = load_model(path, head=cls.head)
+        tokenizer = tokenizer if tokenizer is not None else path
+    if isinstance(tokenizer, (str, Path)):
+        tokenizer = Tokenizer.from_pretrained(resolve(tokenizer))
+    runtime = Runtime(loaded, device=device, mode=mode, threads=threads)
+    return cls(runtime, tokenizer, max_tokens=max_tokens, max_batch=max_batch, **options)

@@ -1,0 +1,139 @@
+"""The shared task loop: inputs -> features -> length-sorted batches -> runtime -> decoder.
+
+A task subclass says how to turn its inputs into features and model outputs into results; it
+never batches, pads or calls the model itself. `run(list, **params)` returns one result per
+input (what the server and batch job use); `__call__` adds the Hugging Face pipeline shapes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from typing import Any, Sequence
+
+import numpy as np
+
+from ..batching import DEFAULT_MAX_BATCH, DEFAULT_MAX_TOKENS, Feature, collate, plan
+from ..errors import InputError
+from ..runtime import Runtime
+from ..tokenizer import Tokenizer
+
+
+def build_params(cls: type, values: dict[str, Any], task: str):
+    """Validate keyword options against a params dataclass: unknown names and wrong types are
+    InputErrors naming the option."""
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
+    clean = {}
+    for name, value in values.items():
+        if name not in fields:
+            raise InputError(f"unknown parameter {name!r} for {task}; accepted: {', '.join(sorted(fields))}", name)
+        clean[name] = _coerce(name, value, hints[name])
+    try:
+        return cls(**clean)
+    except InputError:
+        raise
+    except (TypeError, ValueError) as e:
+        raise InputError(str(e)) from None
+
+
+def _coerce(name: str, value: Any, hint: Any) -> Any:
+    allowed = typing.get_args(hint) if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union else (hint,)
+    if value is None and type(None) in allowed:
+        return None
+    for t in allowed:
+        origin = typing.get_origin(t) or t
+        if origin is bool and isinstance(value, bool):
+            return value
+        if origin is int and isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if origin is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if origin is str and isinstance(value, str):
+            return value
+        if origin in (list, tuple) and isinstance(value, (list, tuple)):
+            return list(value)
+    expected = " or ".join(getattr(t, "__name__", str(t)) for t in allowed)
+    raise InputError(f"parameter {name!r} must be {expected}, got {type(value).__name__}", name)
+
+
+class Task:
+    name: str = ""
+    head: str = ""
+    Params: type = object
+
+    def __init__(self, runtime: Runtime, tokenizer: Tokenizer, max_tokens: int = DEFAULT_MAX_TOKENS,
+                 max_batch: int = DEFAULT_MAX_BATCH, **defaults: Any):
+        if runtime.model.head_name != self.head:
+            raise ValueError(
+                f"{self.name} needs a {self.head} model, but the checkpoint has "
+                f"{runtime.model.head_name or 'no'} head"
+            )
+        self.runtime = runtime
+        self.model = runtime.model
+        self.tokenizer = tokenizer
+        self.max_tokens = max_tokens
+        self.max_batch = max_batch
+        self.defaults = defaults
+        self.params(**defaults)  # fail at construction on a bad default
+
+    def params(self, **overrides: Any):
+        return build_params(self.Params, {**self.defaults, **overrides}, self.name)
+
+    @property
+    def max_length(self) -> int:
+        """Longest token sequence the model accepts."""
+        cfg = self.model.cfg
+        return min(self.tokenizer.model_max_length, cfg.max_positions - cfg.position_offset)
+
+    # ------------------------------------------------------------------ the loop
+    def run(self, inputs: Sequence[Any], **params: Any) -> list[Any]:
+        p = self.params(**params)
+        features, owners = self.featurize(list(inputs), p)
+        outputs = self.forward(features)
+        return self.decode(list(inputs), features, owners, outputs, p)
+
+    def forward(self, features: Sequence[Feature]) -> list[np.ndarray]:
+        """Model outputs per feature, unpadded: (T, ...) token-level, (C,) sequence-level, or
+        (N, V) for the N positions a masked-LM task asked for."""
+        results: list[np.ndarray | None] = [None] * len(features)
+        lengths = [len(f.input_ids) for f in features]
+        for group in plan(lengths, self.max_tokens, self.max_batch):
+            batch = collate([features[i] for i in group], self.tokenizer.pad_token_id)
+            positions = self.positions(batch)
+            logits = self.runtime.forward(batch, positions)
+            if positions is not None:  # rows of `logits` follow `positions`, which run row by row
+                counts = np.bincount(positions // batch["input_ids"].shape[1], minlength=len(group))
+                for i, chunk in zip(group, np.split(logits, np.cumsum(counts)[:-1])):
+                    results[i] = chunk
+            else:
+                for r, i in enumerate(group):
+                    results[i] = logits[r, : lengths[i]] if logits.ndim == 3 else logits[r]
+        return results  # type: ignore[return-value]
+
+    # ------------------------------------------------------------------ per-task hooks
+    def featurize(self, inputs: list[Any], p) -> tuple[list[Feature], list[int]]:
+        """Features and, for each, the index of the input it came from."""
+        raise NotImplementedError
+
+    def decode(self, inputs: list[Any], features: list[Feature], owners: list[int], outputs: list[np.ndarray], p) -> list[Any]:
+        raise NotImplementedError
+
+    def positions(self, batch: dict[str, np.ndarray]) -> np.ndarray | None:
+        """Flat (B * T) indices of the only positions to project (masked-LM); None for all."""
+        return None
+
+    # ------------------------------------------------------------------ shared helpers
+    def check_text(self, text: Any, field: str) -> str:
+        if not isinstance(text, str):
+            raise InputError(f"{field} must be a string, got {type(text).__name__}", field)
+        if not text.strip():
+            raise InputError(f"{field} is empty", field)
+        return text
+
+    def check_length(self, n_tokens: int, field: str, hint: str = "") -> None:
+        if n_tokens > self.max_length:
+            raise InputError(
+                f"{field} is {n_tokens} tokens long, over the model's limit of {self.max_length}{hint}", field
+            )
