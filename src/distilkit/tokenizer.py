@@ -71,6 +71,10 @@ class Tokenizer:
         model = json.loads(rust.to_str())["model"]
         self.continuing_subword_prefix = model.get("continuing_subword_prefix")
         self.pair_template = self._pair_template()
+        single = self.rust.encode("a", add_special_tokens=True)
+        a0 = single.sequence_ids.index(0)
+        a1 = len(single.sequence_ids) - single.sequence_ids[::-1].index(0)
+        self.single_prefix, self.single_suffix = single.ids[:a0], single.ids[a1:]  # [CLS] ... [SEP]
 
     def _id(self, name: str, default):
         token = self.special_tokens.get(name)
