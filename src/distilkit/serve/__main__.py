@@ -1,0 +1,104 @@
+"""`python -m distilkit.serve` / `distilkit serve`: load the model once, then serve it on uvicorn.
+
+SIGTERM (or Ctrl-C) stops accepting connections, lets in-flight requests finish (up to
+--graceful-timeout-s) and exits with status 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+
+from .app import ServeConfig
+
+ENV_API_KEY = "DISTILKIT_API_KEY"
+
+
+def build_parser(prog: str = "distilkit serve") -> argparse.ArgumentParser:
+    d = ServeConfig()
+    p = argparse.ArgumentParser(prog=prog, description="Serve a distilkit task over HTTP (FastAPI on uvicorn).",
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--model", default=None,
+                   help="local directory or hub id (default: $DISTILKIT_MODEL, else the task's default checkpoint)")
+    p.add_argument("--task", required=True,
+                   help="fill-mask | question-answering | text-classification | token-classification")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0 for every interface)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--mode", default=d.mode, help="runtime precision mode (fp32, bf16, int8 ...)")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    p.add_argument("--api-key", default=None,
+                   help=f"require 'Authorization: Bearer KEY' on the scoring routes (default: ${ENV_API_KEY}; "
+                        "prefer the variable: a flag shows in the process list)")
+    p.add_argument("--max-batch-tokens", type=int, default=d.max_batch_tokens,
+                   help="estimated tokens merged into one model call")
+    p.add_argument("--max-batch-size", type=int, default=d.max_batch_size,
+                   help="inputs merged into one model call; 1 turns dynamic batching off")
+    p.add_argument("--max-wait-ms", type=float, default=d.max_wait_ms,
+                   help="how long the oldest queued request waits for others to join its batch")
+    p.add_argument("--max-body-bytes", type=int, default=d.max_body_bytes, help="larger bodies get 413")
+    p.add_argument("--max-inputs", type=int, default=d.max_inputs, help="inputs per request; more get 422")
+    p.add_argument("--max-text-chars", type=int, default=d.max_text_chars,
+                   help="characters per text (question, context, text pair); longer get 422")
+    p.add_argument("--max-queue", type=int, default=d.max_queue,
+                   help="requests waiting for the model; more get 503 with Retry-After")
+    p.add_argument("--timeout-s", type=float, default=d.timeout_s, help="per-request deadline; past it 504")
+    p.add_argument("--graceful-timeout-s", type=float, default=d.graceful_timeout_s,
+                   help="on SIGTERM, how long in-flight requests may take to finish")
+    p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    p.add_argument("--no-access-log", action="store_true", help="do not log one line per request")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        config = ServeConfig(
+            task=args.task, model=args.model, mode=args.mode, threads=args.threads,
+            api_key=args.api_key or os.environ.get(ENV_API_KEY) or None,
+            max_batch_tokens=args.max_batch_tokens, max_batch_size=args.max_batch_size, max_wait_ms=args.max_wait_ms,
+            max_body_bytes=args.max_body_bytes, max_inputs=args.max_inputs, max_text_chars=args.max_text_chars,
+            max_queue=args.max_queue, timeout_s=args.timeout_s, graceful_timeout_s=args.graceful_timeout_s)
+    except ValueError as e:
+        print(f"distilkit serve: {e}", file=sys.stderr)
+        return 2
+
+    import uvicorn
+
+    from ..pipelines import pipeline
+    from .app import create_app
+
+    log = logging.getLogger("distilkit.serve")
+    log.info("loading %s for %s", config.model or "the default model", config.task)
+    try:
+        # Loaded before the port opens: a bad --model fails here, with its reason, not behind /ready.
+        task = pipeline(config.task, model=config.model, mode=config.mode, threads=config.threads)
+    except Exception as e:  # noqa: BLE001 - the command's boundary: say why and exit non-zero
+        print(f"distilkit serve: cannot load {config.model or 'the default model'} for {config.task}: "
+              f"{type(e).__name__}: {e}", file=sys.stderr)
+        return 1
+    app = create_app(config, task)
+    log.info("serving %s on http://%s:%d (API key %s)", config.task, args.host, args.port,
+             "required" if config.api_key else "off")
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig, frame):  # /ready turns 503 as soon as draining starts
+            app.state.serve.draining = True
+            super().handle_exit(sig, frame)
+
+    server = Server(uvicorn.Config(
+        app, host=args.host, port=args.port, log_level=args.log_level, access_log=not args.no_access_log,
+        timeout_graceful_shutdown=config.graceful_timeout_s, server_header=False, lifespan="on"))
+    # uvicorn re-raises the signal it stopped on once it is done; a no-op handler makes a graceful
+    # stop end with status 0 instead of "killed by SIGTERM".
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: None)
+    server.run()
+    return 0 if server.started else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
