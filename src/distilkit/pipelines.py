@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from .batching import DEFAULT_MAX_BATCH, DEFAULT_MAX_TOKENS
+from .batching import DEFAULT_MAX_BATCH
 
 # task name -> (module, class)
 TASKS = {
@@ -46,12 +46,13 @@ def pipeline(
     device: str | None = None,
     mode: str = "fp32",
     threads: int | None = None,
-    max_tokens: int = DEFAULT_MAX_TOKENS,
+    max_tokens: int | None = None,
     max_batch: int = DEFAULT_MAX_BATCH,
     **options: Any,
 ):
     """Build a task. `model`: a local directory, a hub id, a loaded `Model`, or None for the
-    task's default checkpoint. `options` are the task's default call parameters (top_k, ...)."""
+    task's default checkpoint. `options` are the task's default call parameters (top_k, ...).
+    max_tokens: padded tokens per forward pass (default: 1024 on CPU, 16384 on GPU)."""
     from .checkpoint import load_model, resolve
     from .heads import Model
     from .runtime import Runtime

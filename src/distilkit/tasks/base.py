@@ -63,7 +63,7 @@ class Task:
     head: str = ""
     Params: type = object
 
-    def __init__(self, runtime: Runtime, tokenizer: Tokenizer, max_tokens: int = DEFAULT_MAX_TOKENS,
+    def __init__(self, runtime: Runtime, tokenizer: Tokenizer, max_tokens: int | None = None,
                  max_batch: int = DEFAULT_MAX_BATCH, **defaults: Any):
         if runtime.model.head_name != self.head:
             raise ValueError(
@@ -73,7 +73,7 @@ class Task:
         self.runtime = runtime
         self.model = runtime.model
         self.tokenizer = tokenizer
-        self.max_tokens = max_tokens
+        self.max_tokens = max_tokens or DEFAULT_MAX_TOKENS.get(runtime.device.type, DEFAULT_MAX_TOKENS["cpu"])
         self.max_batch = max_batch
         self.defaults = defaults
         self.params(**defaults)  # fail at construction on a bad default
