@@ -180,3 +180,11 @@ def test_wrong_head_is_a_clear_error(checkpoint):
 
         path = checkpoint("distilbert", "masked-lm")
         QuestionAnswering(Runtime(load_model(path)), Tokenizer.from_pretrained(path))
+
+
+def test_model_directory_without_tokenizer_files(checkpoint, tmp_path):
+    src = checkpoint("distilbert", "question-answering")
+    for name in ("config.json", "model.safetensors"):
+        (tmp_path / name).write_bytes((src / name).read_bytes())
+    with pytest.raises(FileNotFoundError, match="no tokenizer: expected tokenizer.json, vocab.txt"):
+        pipeline("question-answering", model=tmp_path)
