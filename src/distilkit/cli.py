@@ -100,7 +100,7 @@ def predict(args: argparse.Namespace) -> int:
     if args.full:
         extra["return_full"] = True
 
-    from .checkpoint import CheckpointError, ModelNotFoundError
+    from .hub import CheckpointError, ModelNotFoundError
     from .errors import InputError
     from .pipelines import pipeline
     from .schemas import format_response, parse_request

@@ -152,7 +152,10 @@ class Encoder(nn.Module):
         output_attentions: bool = False,
     ) -> EncoderOutput:
         mask = None
-        if attention_mask is not None and not bool(attention_mask.all()):
+        # Skipping an all-ones mask lets SDPA take its fastest path; exporters must keep the mask,
+        # since the check depends on the example input.
+        tracing = torch.jit.is_tracing() or torch.compiler.is_compiling()
+        if attention_mask is not None and (tracing or not bool(attention_mask.all())):
             mask = attention_mask.bool()[:, None, None, :]  # (B, 1, 1, T): keys a query may attend to
         x = self.embed(input_ids, token_type_ids)
         hidden = [x] if output_hidden_states else None

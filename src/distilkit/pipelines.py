@@ -50,25 +50,37 @@ def pipeline(
     max_batch: int = DEFAULT_MAX_BATCH,
     **options: Any,
 ):
-    """Build a task. `model`: a local directory, a hub id, a loaded `Model`, or None for the
-    task's default checkpoint. `options` are the task's default call parameters (top_k, ...).
+    """Build a task. `model`: a local directory (a checkpoint, or a `distilkit export` output run
+    with ONNX Runtime), a hub id, a loaded `Model`, or None for the task's default checkpoint.
+    `options` are the task's default call parameters (top_k, ...).
     max_tokens: padded tokens per forward pass (default: 1024 on CPU, 16384 on GPU)."""
-    from .checkpoint import load_model, resolve
-    from .heads import Model
-    from .runtime import Runtime
+    from .hub import resolve
+    from .runtime_onnx import OnnxRuntime, is_export
     from .tokenizer import Tokenizer
 
     cls = task_class(task)
     model = model if model is not None else os.environ.get("DISTILKIT_MODEL") or DEFAULT_MODELS[cls.name]
-    if isinstance(model, Model):
+    if not isinstance(model, (str, os.PathLike)):  # an in-memory Model
         if tokenizer is None:
             raise ValueError("pass tokenizer= along with an in-memory model")
-        loaded = model
+        runtime = _torch_runtime(model, device, mode, threads)
     else:
         path = resolve(model)
-        loaded = load_model(path, head=cls.head)
         tokenizer = tokenizer if tokenizer is not None else path
+        if is_export(path):  # `distilkit export` output: ONNX Runtime, no torch import
+            if device not in (None, "cpu"):
+                raise ValueError("exported ONNX models run on the CPU; pass device=None or 'cpu'")
+            runtime = OnnxRuntime(path, mode=mode, threads=threads)
+        else:
+            from .checkpoint import load_model
+
+            runtime = _torch_runtime(load_model(path, head=cls.head), device, mode, threads)
     if isinstance(tokenizer, (str, Path)):
         tokenizer = Tokenizer.from_pretrained(resolve(tokenizer))
-    runtime = Runtime(loaded, device=device, mode=mode, threads=threads)
     return cls(runtime, tokenizer, max_tokens=max_tokens, max_batch=max_batch, **options)
+
+
+def _torch_runtime(model, device, mode, threads):
+    from .runtime import Runtime
+
+    return Runtime(model, device=device, mode=mode, threads=threads)

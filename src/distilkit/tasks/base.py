@@ -16,8 +16,10 @@ import numpy as np
 
 from ..batching import DEFAULT_MAX_BATCH, DEFAULT_MAX_TOKENS, Feature, collate, plan
 from ..errors import InputError
-from ..runtime import Runtime
 from ..tokenizer import Tokenizer
+
+if typing.TYPE_CHECKING:  # tasks import no torch: an exported ONNX model serves without it
+    from ..runtime import Runtime
 
 
 def build_params(cls: type, values: dict[str, Any], task: str):
@@ -63,7 +65,7 @@ class Task:
     head: str = ""
     Params: type = object
 
-    def __init__(self, runtime: Runtime, tokenizer: Tokenizer, max_tokens: int | None = None,
+    def __init__(self, runtime: "Runtime", tokenizer: Tokenizer, max_tokens: int | None = None,
                  max_batch: int = DEFAULT_MAX_BATCH, **defaults: Any):
         if runtime.model.head_name != self.head:
             raise ValueError(

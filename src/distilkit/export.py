@@ -1,0 +1,125 @@
+"""`distilkit export`: a checkpoint -> an ONNX model directory that `pipeline()` and the server
+load with ONNX Runtime, no torch needed. fp32 always; `--int8` adds a dynamically quantized copy
+(int8 weights of the linear layers, activations quantized on the fly)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .checkpoint import load_model, resolve
+from .heads import Model
+from .runtime_onnx import EXPORT_META, FILES
+
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt",
+                    "vocab.json", "merges.txt")
+
+
+class _Logits(nn.Module):
+    """The model with a flat signature: named tensors in, logits out."""
+
+    def __init__(self, model: Model, with_types: bool, with_positions: bool):
+        super().__init__()
+        self.model, self.with_types, self.with_positions = model, with_types, with_positions
+
+    def forward(self, input_ids, attention_mask, *rest):
+        rest = list(rest)
+        types = rest.pop(0) if self.with_types else None
+        positions = rest.pop(0) if self.with_positions else None
+        return self.model(input_ids, attention_mask, types, positions=positions).logits
+
+
+def export_onnx(model: str | Path, out: str | Path, head: str | None = "auto", int8: bool = False,
+                opset: int = 17) -> Path:
+    """Write `out`/model.onnx (+ model.int8.onnx), config.json, tokenizer files and the export meta."""
+    src = resolve(model)
+    m = load_model(src, head=head).eval()
+    if m.head_name is None:
+        raise ValueError("export needs a model with a task head (masked-lm, question-answering, ...)")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    with_types = m.cfg.type_vocab_size > 0
+    with_positions = m.head_name == "masked-lm"
+    # An example with padding, so that the traced graph keeps the attention mask.
+    ids = torch.full((2, 8), 5, dtype=torch.long)
+    mask = torch.ones_like(ids)
+    mask[1, 5:] = 0
+    args, names = [ids, mask], ["input_ids", "attention_mask"]
+    axes = {"input_ids": {0: "batch", 1: "tokens"}, "attention_mask": {0: "batch", 1: "tokens"}}
+    if with_types:
+        args.append(torch.zeros_like(ids))
+        names.append("token_type_ids")
+        axes["token_type_ids"] = {0: "batch", 1: "tokens"}
+    if with_positions:
+        args.append(torch.tensor([1, 9]))
+        names.append("positions")
+        axes["positions"] = {0: "n"}
+        axes["logits"] = {0: "n"}
+    else:
+        axes["logits"] = {0: "batch", 1: "tokens"} if m.head_name != "sequence-classification" else {0: "batch"}
+    with torch.no_grad():
+        torch.onnx.export(_Logits(m, with_types, with_positions), tuple(args), str(out / FILES["fp32"]),
+                          input_names=names, output_names=["logits"], dynamic_axes=axes, opset_version=opset,
+                          dynamo=False)
+    files = [FILES["fp32"]]
+    if int8:
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+
+        untied = _untie_initializers(out / FILES["fp32"], out / "model.untied.onnx")
+        quantize_dynamic(str(untied), str(out / FILES["int8"]), weight_type=QuantType.QInt8,
+                         op_types_to_quantize=["MatMul", "Gemm"])
+        untied.unlink()
+        files.append(FILES["int8"])
+    (out / "config.json").write_text(json.dumps(m.cfg.to_hf(m.cfg.architecture(m.head_name)), indent=2) + "\n")
+    for name in _TOKENIZER_FILES:
+        if (src / name).is_file():
+            shutil.copy(src / name, out / name)
+    (out / EXPORT_META).write_text(json.dumps({"head": m.head_name, "files": files, "inputs": names,
+                                               "source": str(model), "opset": opset}, indent=2) + "\n")
+    return out
+
+
+def _untie_initializers(src: Path, dst: Path) -> Path:
+    """Give every matrix product its own copy of an initializer that a Gather also reads.
+
+    The tied masked-LM projection reads the word-embedding table; the quantizer would rewrite that
+    table for the product and break the embedding lookup. Only the int8 file pays for the copy."""
+    import onnx
+
+    model = onnx.load(str(src))
+    graph = model.graph
+    inits = {i.name: i for i in graph.initializer}
+    gathered = {n.input[0] for n in graph.node if n.op_type == "Gather" and n.input[0] in inits}
+    for node in graph.node:
+        if node.op_type in ("MatMul", "Gemm"):
+            for j, name in enumerate(node.input):
+                if name in gathered:
+                    copy = onnx.TensorProto()
+                    copy.CopyFrom(inits[name])
+                    copy.name = f"{name}.for_{node.name.strip('/').replace('/', '_')}"
+                    graph.initializer.append(copy)
+                    node.input[j] = copy.name
+    onnx.save(model, str(dst))
+    return dst
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="distilkit export", description=__doc__)
+    ap.add_argument("--model", required=True, help="local directory or hub id")
+    ap.add_argument("--out", required=True, help="output directory")
+    ap.add_argument("--int8", action="store_true", help="also write a dynamically quantized int8 model")
+    ap.add_argument("--opset", type=int, default=17)
+    args = ap.parse_args(argv)
+    path = export_onnx(args.model, args.out, int8=args.int8, opset=args.opset)
+    print(f"exported to {path}: {', '.join(json.loads((path / EXPORT_META).read_text())['files'])}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

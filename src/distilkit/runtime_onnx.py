@@ -1,0 +1,65 @@
+"""The ONNX Runtime backend: the same `forward(batch, positions) -> logits` contract as
+`runtime.Runtime`, for models written by `distilkit export`. Imports no torch, so a server or a
+short-lived job starts in a fraction of a second."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .config import ModelConfig
+
+EXPORT_META = "distilkit_export.json"
+FILES = {"fp32": "model.onnx", "int8": "model.int8.onnx"}
+
+
+@dataclass
+class ExportedModel:
+    """What tasks need to know of a model they can't see: its config and head."""
+
+    cfg: ModelConfig
+    head_name: str
+
+
+@dataclass
+class CPUDevice:
+    type: str = "cpu"
+
+
+def is_export(path: str | os.PathLike) -> bool:
+    return (Path(path) / EXPORT_META).is_file()
+
+
+class OnnxRuntime:
+    def __init__(self, path: str | os.PathLike, mode: str = "fp32", threads: int | None = None):
+        import onnxruntime as ort
+
+        path = Path(path)
+        meta = json.loads((path / EXPORT_META).read_text())
+        if mode not in FILES or FILES[mode] not in meta["files"]:
+            raise ValueError(f"{path} has no {mode} model; exported: {', '.join(meta['files'])}")
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if threads:
+            options.intra_op_num_threads = threads
+        self.session = ort.InferenceSession(str(path / FILES[mode]), options, providers=["CPUExecutionProvider"])
+        self.inputs = {i.name for i in self.session.get_inputs()}
+        self.model = ExportedModel(ModelConfig.from_hf(json.loads((path / "config.json").read_text())), meta["head"])
+        self.cfg = self.model.cfg
+        self.device = CPUDevice()
+        self.mode = mode
+
+    def forward(self, batch: dict[str, np.ndarray], positions: np.ndarray | None = None) -> np.ndarray:
+        feed = {k: v for k, v in batch.items() if k in self.inputs}
+        if "positions" not in self.inputs:
+            return self.session.run(["logits"], feed)[0]
+        every = positions is None  # then every position, shaped (B, T, V) as the torch model does
+        if every:
+            positions = np.arange(batch["input_ids"].size, dtype=np.int64)
+        feed["positions"] = positions.astype(np.int64)
+        out = self.session.run(["logits"], feed)[0]
+        return out.reshape(*batch["input_ids"].shape, -1) if every else out

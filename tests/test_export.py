@@ -1,0 +1,65 @@
+"""`distilkit export` -> ONNX: the exported model answers like the torch one, and loads without torch."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+pytest.importorskip("onnxruntime")
+pytest.importorskip("onnx")
+
+from conftest import CORPUS  # noqa: E402
+from distilkit import pipeline  # noqa: E402
+from distilkit.export import export_onnx  # noqa: E402
+
+
+@pytest.mark.parametrize("family,head,task", [
+    ("distilbert", "question-answering", "question-answering"),
+    ("bert", "masked-lm", "fill-mask"),
+    ("roberta", "sequence-classification", "text-classification"),
+    ("bert", "token-classification", "token-classification"),
+])
+def test_exported_model_answers_like_torch(checkpoint, tmp_path, family, head, task):
+    src = checkpoint(family, head, head_scale=10.0)
+    out = export_onnx(src, tmp_path / "onnx", int8=True)
+    torch_task, onnx_task = pipeline(task, model=src), pipeline(task, model=out)
+    int8_task = pipeline(task, model=out, mode="int8")
+    mask = torch_task.tokenizer.mask_token
+    inputs = {
+        "question-answering": [{"question": "Where do I live?", "context": " ".join(CORPUS[:4])},
+                               {"question": "Who?", "context": CORPUS[5]}],
+        "fill-mask": [f"Paris is the {mask} of France.", f"My {mask} is John and I live in {mask}."],
+        "text-classification": CORPUS[:4],
+        "token-classification": CORPUS[:3],
+    }[task]
+    a, b = torch_task.run(inputs), onnx_task.run(inputs)
+    flat = lambda r: r if isinstance(r, list) else [r]  # noqa: E731
+    assert _texts(a) == _texts(b)
+    np.testing.assert_allclose(_scores(a), _scores(b), rtol=1e-4, atol=1e-5)
+    assert len(flat(int8_task.run(inputs))) == len(flat(a))  # int8 runs; its agreement is measured on real weights
+
+
+def _texts(results):
+    if isinstance(results, dict):
+        return [v for k, v in sorted(results.items()) if k != "score"]
+    if isinstance(results, list):
+        return [_texts(r) for r in results]
+    return results
+
+
+def _scores(results):
+    if isinstance(results, dict):
+        return [results["score"]] if "score" in results else []
+    return [s for r in results for s in _scores(r)] if isinstance(results, list) else []
+
+
+def test_exported_pipeline_imports_no_torch(checkpoint, tmp_path):
+    out = export_onnx(checkpoint("distilbert", "question-answering"), tmp_path / "onnx")
+    code = ("import sys; from distilkit import pipeline; "
+            f"qa = pipeline('question-answering', model={str(out)!r}); "
+            "print(qa(question='Who?', context='Bob is here.')['answer'] is not None, 'torch' in sys.modules)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert result.stdout.split() == ["True", "False"], result.stderr
