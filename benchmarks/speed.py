@@ -1,0 +1,139 @@
+"""Encoder throughput by run mode, against transformers and ONNX Runtime, plus cold start.
+
+Every engine runs the same DistilBERT-base-sized QA model (random weights: none can be
+downloaded here; the compute is the real model's) on the same batches, interleaved round by round
+in one process because the host is noisy; medians and ratios are printed.
+
+    python benchmarks/speed.py [--batch 8] [--tokens 128] [--rounds 5] [--skip-cold]
+
+Engines: transformers fp32 (reference), distilkit fp32 / bf16 / int8 (torch), and, with
+onnxruntime installed, distilkit's ONNX export fp32 / int8. Cold start: a fresh process from
+`python -c` to the first answer, torch checkpoint vs exported model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+ROOT = Path(__file__).resolve().parents[1]
+DATA = Path(os.environ.get("DISTILKIT_DATA", ROOT.parent / "shared" / "data"))
+
+
+def build(workdir: Path) -> tuple[Path, Path]:
+    import shutil
+
+    import torch
+    import transformers as T
+
+    from distilkit.export import export_onnx
+
+    tok_dir = DATA / "tokenizers" / "distilbert-base-uncased"
+    d = workdir / "qa"
+    torch.manual_seed(0)
+    T.DistilBertForQuestionAnswering(T.DistilBertConfig.from_pretrained(tok_dir)).save_pretrained(d)
+    for f in ("tokenizer.json", "tokenizer_config.json", "vocab.txt"):
+        shutil.copy(tok_dir / f, d / f)
+    return d, export_onnx(d, workdir / "onnx", int8=True)
+
+
+def encoder_flops(cfg, tokens: int) -> float:
+    """Multiply-adds x 2 of one forward over `tokens` tokens of one sequence length."""
+    d, f, L = cfg.dim, cfg.ffn_dim, cfg.n_layers
+    per_token = L * (2 * (4 * d * d + 2 * d * f))
+    return per_token * tokens
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--tokens", type=int, default=128)
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--skip-cold", action="store_true")
+    args = ap.parse_args(argv)
+
+    import numpy as np
+    import torch
+    import transformers as T
+
+    from distilkit.checkpoint import load_model
+    from distilkit.runtime import Runtime
+
+    tmp = Path(tempfile.mkdtemp())
+    ckpt, onnx_dir = build(tmp)
+    rng = np.random.default_rng(0)
+    ids = rng.integers(1000, 20000, size=(args.batch, args.tokens)).astype(np.int64)
+    ids[:, 0], ids[:, -1] = 101, 102
+    batch = {"input_ids": ids, "attention_mask": np.ones_like(ids)}
+
+    ref = T.DistilBertForQuestionAnswering.from_pretrained(ckpt).eval()
+    engines = {"transformers fp32": lambda: _ref_forward(ref, batch)}
+    for mode in ("fp32", "bf16", "int8"):
+        rt = Runtime(load_model(ckpt), mode=mode)
+        engines[f"distilkit {mode}"] = (lambda rt: lambda: rt.forward(batch))(rt)
+    try:
+        from distilkit.runtime_onnx import OnnxRuntime
+
+        for mode in ("fp32", "int8"):
+            ort_rt = OnnxRuntime(onnx_dir, mode=mode)
+            engines[f"onnx {mode}"] = (lambda r: lambda: r.forward(batch))(ort_rt)
+    except ImportError:
+        print("onnxruntime not installed: skipping the ONNX engines")
+
+    for fn in engines.values():  # warm-up
+        fn()
+    times = {name: [] for name in engines}
+    for r in range(args.rounds):
+        names = list(engines) if r % 2 == 0 else list(engines)[::-1]
+        for name in names:
+            t = time.perf_counter()
+            engines[name]()
+            times[name].append(time.perf_counter() - t)
+    n_tok = args.batch * args.tokens
+    cfg = load_model(ckpt).cfg
+    flops = encoder_flops(cfg, n_tok)
+    base = statistics.median(times["transformers fp32"])
+    print(f"\nencoder, batch {args.batch} x {args.tokens} tokens, {torch.get_num_threads()} threads, "
+          f"median of {args.rounds} interleaved rounds")
+    print(f"{'engine':20s} {'tokens/s':>10s} {'GFLOP/s':>9s} {'vs transformers':>16s}")
+    results = {}
+    for name, ts in times.items():
+        m = statistics.median(ts)
+        results[name] = n_tok / m
+        print(f"{name:20s} {n_tok / m:10.0f} {flops / m / 1e9:9.1f} {base / m:15.2f}x")
+
+    if not args.skip_cold:
+        print("\ncold start to the first answer (fresh process, median of 3):")
+        snippet = ("import time; t=time.perf_counter(); from distilkit import pipeline; "
+                   "qa = pipeline('question-answering', model={m!r}); "
+                   "qa(question='Who?', context='Bob is sitting next to Alice.'); print(time.perf_counter() - t)")
+        for label, model in (("torch checkpoint", ckpt), ("exported onnx", onnx_dir)):
+            runs = []
+            for _ in range(3):
+                t = time.perf_counter()
+                subprocess.run([sys.executable, "-c", snippet.format(m=str(model))], check=True, capture_output=True)
+                runs.append(time.perf_counter() - t)
+            results[f"cold {label} s"] = statistics.median(runs)
+            print(f"  {label:18s} {statistics.median(runs):.2f} s (process start included)")
+    print(json.dumps(results))
+    return 0
+
+
+def _ref_forward(ref, batch):
+    import torch
+
+    with torch.inference_mode():
+        out = ref(input_ids=torch.from_numpy(batch["input_ids"]), attention_mask=torch.from_numpy(batch["attention_mask"]))
+        return out.start_logits.numpy()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
