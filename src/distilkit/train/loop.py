@@ -1,0 +1,695 @@
+"""The training loop shared by fine-tuning and distillation: `fit(model, features, collate, loss_fn, options)`.
+
+What to train is the caller's: a model, in-memory features, a collate function and a
+`loss_fn(model, batch) -> (loss, logs)` (distillation passes one that also runs a teacher). The
+loop owns the rest: AdamW, linear warmup and decay, gradient accumulation and clipping, bf16/fp16
+autocast, DistributedDataParallel under torchrun, evaluation and the best checkpoint,
+checkpoints with optimizer/scheduler/RNG/data-position state that resume exactly, JSONL metrics
+(TensorBoard when installed), progress bars and a PNG plot.
+
+Data order is a pure function of (seed, epoch): a resumed run rebuilds the epoch's batches and skips
+to the saved position, so it sees the same batches (and, with the RNG state restored, the same
+dropout masks) as an uninterrupted one. A global batch (batch_size x grad_accum x world size
+examples) is split into one micro-batch per process and accumulation step, and each micro-batch
+loss is weighted by its share of the global batch: the same global batch gives the same update
+whatever the number of processes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import math
+import os
+import random
+import shutil
+import sys
+import time
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+
+LossFn = Callable[[nn.Module, dict[str, Tensor]], tuple[Tensor, dict[str, float]]]
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
+@dataclass
+class TrainOptions:
+    """Options of the loop. Recipes extend this dataclass (FinetuneConfig, the distillation config),
+    so one definition serves the YAML recipe, key=value overrides and the Python API."""
+
+    output_dir: str = "runs/finetune"
+    epochs: int = 3
+    max_steps: int = 0  # optimizer steps; > 0 overrides epochs
+    batch_size: int = 32  # examples per micro-batch per process
+    grad_accum: int = 1  # micro-batches per optimizer step (global batch = batch_size x grad_accum x processes)
+    lr: float = 5e-5
+    weight_decay: float = 0.01  # not applied to biases and LayerNorm weights
+    warmup_ratio: float = 0.0  # of the total steps; warmup_steps > 0 takes precedence
+    warmup_steps: int = 0
+    max_grad_norm: float = 1.0  # 0 turns clipping off
+    seed: int = 42
+    precision: str = "auto"  # auto | fp32 | bf16 | fp16; auto: bf16 on GPUs that have it, else fp16 with scaling; fp32 on CPUs
+    eval_every: int = 0  # steps between evaluations; 0: at the end of every epoch
+    save_every: int = 0  # steps between checkpoints; 0: at every evaluation
+    keep_checkpoints: int = 1  # resumable checkpoints kept (the best model is kept apart)
+    metric: str | None = None  # evaluation metric that picks the best checkpoint (recipes set a default)
+    greater_is_better: bool = True
+    log_every: int = 10  # steps between JSONL / TensorBoard / progress-bar updates
+    group_by_length: bool = True  # batches of similar lengths (less padding), in random order
+    device: str = "auto"  # auto | cpu | cuda | cuda:N (under torchrun: cuda:LOCAL_RANK)
+    num_threads: int = 0  # torch CPU threads per process; 0 keeps torch's default
+    progress: bool = True
+    tensorboard: bool = True  # when the tensorboard package is installed
+    plot: bool = True  # loss and metric curves as output_dir/curves.png (needs matplotlib)
+
+
+@dataclass
+class TrainResult:
+    step: int
+    losses: list[tuple[int, float]]  # (step, loss of the global batch) for every step this run made
+    evals: list[dict[str, Any]]  # {"step", "epoch", metrics...}
+    best_metric: float | None
+    best_step: int | None
+    output_dir: Path
+    best_dir: Path | None  # the best model (HF format), or None without evaluation
+
+
+# ---------------------------------------------------------------------- options from YAML / key=value
+def build_config(cls: type, path: str | os.PathLike | None = None, overrides: Sequence[str] = (), **values: Any):
+    """An options dataclass from a YAML file, then `key=value` overrides, then keyword values.
+    Unknown keys and values of the wrong type raise ValueError naming the key."""
+    import yaml
+
+    merged: dict[str, Any] = {}
+    if path is not None:
+        loaded = yaml.safe_load(Path(path).read_text()) or {}
+        if not isinstance(loaded, dict):
+            raise ValueError(f"{path}: a recipe is a mapping of option: value")
+        merged.update(loaded)
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"override {item!r} must look like key=value")
+        merged[key.strip()] = _Raw(raw)
+    merged.update(values)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
+    unknown = sorted(set(merged) - set(fields))
+    if unknown:
+        raise ValueError(f"unknown option(s) {', '.join(unknown)}; {cls.__name__} has: {', '.join(sorted(fields))}")
+    return cls(**{k: coerce(k, v, hints[k]) for k, v in merged.items()})
+
+
+class _Raw(str):
+    """A value typed on the command line: parsed by the option's type, not guessed by YAML."""
+
+
+def coerce(name: str, value: Any, hint: Any) -> Any:
+    union = isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union
+    allowed = typing.get_args(hint) if union else (hint,)
+    if type(None) in allowed and (value is None or (isinstance(value, _Raw) and value.lower() in ("", "none", "null"))):
+        return None
+    errors = []
+    for t in allowed:
+        if t is type(None):
+            continue
+        try:
+            return _coerce_one(value, t)
+        except (TypeError, ValueError) as e:
+            errors.append(str(e))
+    expected = " or ".join(getattr(t, "__name__", str(t)) for t in allowed)
+    raise ValueError(f"option {name!r} must be {expected}, got {value!r}")
+
+
+def _coerce_one(value: Any, t: Any) -> Any:
+    import yaml
+
+    origin = typing.get_origin(t) or t
+    raw = isinstance(value, _Raw)
+    if origin is bool:
+        if isinstance(value, bool):
+            return value
+        if raw and value.lower() in ("true", "yes", "1", "on", "false", "no", "0", "off"):
+            return value.lower() in ("true", "yes", "1", "on")
+        raise TypeError
+    if origin is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if raw:
+            return int(value)
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        raise TypeError
+    if origin is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads 5e-5 (no dot) as a string
+            return float(value)
+        raise TypeError
+    if origin is str:
+        if isinstance(value, str):
+            return str(value)
+        raise TypeError
+    if origin in (list, dict):
+        if raw:
+            value = yaml.safe_load(value) if value.strip() else origin()
+        if origin is list and isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, origin):
+            raise TypeError
+        return origin(value)
+    return value
+
+
+# ---------------------------------------------------------------------- processes and devices
+@dataclass
+class Dist:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed() -> Dist:
+    """Join the process group torchrun describes (RANK, WORLD_SIZE, LOCAL_RANK): nccl on GPUs,
+    gloo on CPUs. A plain `python` run is one process and needs no group."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return Dist()
+    rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    if not dist.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        if backend == "nccl":
+            torch.cuda.set_device(local)
+        dist.init_process_group(backend)
+    return Dist(rank, world, local)
+
+
+def pick_device(name: str, d: Dist) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(name)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", d.local_rank)
+    return device
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """auto: bf16 on GPUs that have it, fp16 (with loss scaling) on older GPUs, fp32 on CPUs. CPU bf16
+    autocast is there when asked for: on the AMX Xeon we measured it was slower than fp32 for these
+    small matrices (casts dominate)."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if precision == "fp16" and device.type != "cuda":
+        raise ValueError("precision 'fp16' (with loss scaling) needs a GPU; use bf16 or fp32 on a CPU")
+    if precision != "auto":
+        return precision
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "fp32"
+
+
+# ---------------------------------------------------------------------- data order
+def epoch_batches(n: int, global_batch: int, seed: int, epoch: int, lengths: Sequence[int] | None = None,
+                  min_size: int = 1) -> list[np.ndarray]:
+    """The global batches of one epoch: index arrays, a pure function of (seed, epoch).
+
+    With `lengths`, examples are shuffled, cut into mega-batches of 50 global batches, sorted by
+    length inside each, cut into batches whose order is shuffled again (transformers'
+    length-grouped sampler): batches of similar lengths, in random order. Batches with fewer than
+    `min_size` examples (one per micro-batch) are dropped.
+    """
+    rng = np.random.default_rng([seed, epoch])
+    order = rng.permutation(n)
+    if lengths is not None:
+        lengths = np.asarray(lengths)
+        mega = global_batch * 50
+        order = np.concatenate([chunk[np.argsort(-lengths[chunk], kind="stable")]
+                                for chunk in np.array_split(order, range(mega, n, mega))]) if n else order
+    batches = [order[i: i + global_batch] for i in range(0, n, global_batch)]
+    if lengths is not None:
+        batches = [batches[i] for i in rng.permutation(len(batches))]
+    return [b for b in batches if len(b) >= min_size]
+
+
+def micro_batches(batch: np.ndarray, d: Dist, grad_accum: int) -> list[np.ndarray]:
+    """This process's micro-batches of a global batch: part rank*accum .. (rank+1)*accum - 1."""
+    parts = np.array_split(batch, d.world * grad_accum)
+    return parts[d.rank * grad_accum: (d.rank + 1) * grad_accum]
+
+
+# ---------------------------------------------------------------------- optimizer and schedule
+def build_optimizer(model: nn.Module, lr: float, weight_decay: float) -> torch.optim.AdamW:
+    """AdamW with no weight decay on biases and normalisation weights (1-d parameters)."""
+    decay, no_decay = [], []
+    for p in model.parameters():
+        if p.requires_grad:
+            (no_decay if p.ndim < 2 else decay).append(p)
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW([g for g in groups if g["params"]], lr=lr)
+
+
+def linear_schedule(optimizer: torch.optim.Optimizer, warmup: int, total: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warmup from 0 to the peak over `warmup` steps, then linear decay to 0 at `total`."""
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / (warmup + 1) if warmup else 1.0
+        return max(0.0, (total - step) / max(1, total - warmup))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+# ---------------------------------------------------------------------- checkpoints
+def default_save(model: nn.Module, path: Path) -> None:
+    """HF format for distilkit models (transformers loads it), a plain state dict otherwise."""
+    from ..heads import Model
+
+    if isinstance(model, Model):
+        from ..checkpoint import save_pretrained
+
+        save_pretrained(model, path)
+    else:
+        from safetensors.torch import save_file
+
+        path.mkdir(parents=True, exist_ok=True)
+        save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(path / "weights.safetensors"))
+
+
+def load_weights(model: nn.Module, path: Path) -> None:
+    """Load what `default_save` (or save_pretrained) wrote in `path` into `model`, in place."""
+    from ..heads import Model
+
+    if isinstance(model, Model) and (path / "config.json").is_file():
+        from ..checkpoint import load_model
+
+        state = load_model(path, head=model.head_name).state_dict()
+    else:
+        from safetensors.torch import load_file
+
+        state = load_file(str(path / "weights.safetensors"))
+    model.load_state_dict(state)
+
+
+def rng_state() -> dict[str, Any]:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def latest_checkpoint(output_dir: Path) -> Path | None:
+    found = sorted((output_dir / "checkpoints").glob("step-*/trainer_state.json"))
+    return found[-1].parent if found else None
+
+
+# ---------------------------------------------------------------------- logging
+class Recorder:
+    """metrics.jsonl (+ TensorBoard) on the main process; one record per line, `type` train or eval."""
+
+    def __init__(self, output_dir: Path, main: bool, tensorboard: bool, resume_step: int | None):
+        self.main = main
+        self.file = output_dir / "metrics.jsonl"
+        self.writer = None
+        if not main:
+            return
+        output_dir.mkdir(parents=True, exist_ok=True)
+        if resume_step is not None and self.file.exists():
+            # A resumed run rewrites what came after its checkpoint, so the file reads as one run.
+            kept = [line for line in self.file.read_text().splitlines() if line and json.loads(line)["step"] <= resume_step]
+            self.file.write_text("".join(line + "\n" for line in kept))
+        elif resume_step is None:
+            self.file.write_text("")
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:  # the tensorboard package is optional
+                SummaryWriter = None
+            if SummaryWriter is not None:
+                self.writer = SummaryWriter(str(output_dir / "tensorboard"), purge_step=resume_step)
+
+    def log(self, record: dict[str, Any]) -> None:
+        if not self.main:
+            return
+        with self.file.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+        if self.writer is not None:
+            for key, value in record.items():
+                if key not in ("type", "step") and isinstance(value, (int, float)):
+                    self.writer.add_scalar(f"{record['type']}/{key}", value, record["step"])
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+def plot_curves(metrics_file: Path, out: Path) -> Path | None:
+    """Training loss and evaluation metrics against steps, as a PNG (None without matplotlib)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    records = [json.loads(line) for line in metrics_file.read_text().splitlines() if line]
+    train = [r for r in records if r["type"] == "train"]
+    evals = [r for r in records if r["type"] == "eval"]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    axes[0].plot([r["step"] for r in train], [r["loss"] for r in train], label="train loss")
+    if any("eval_loss" in r for r in evals):
+        axes[0].plot([r["step"] for r in evals if "eval_loss" in r], [r["eval_loss"] for r in evals if "eval_loss" in r],
+                     "o-", label="eval loss")
+    axes[0].set_xlabel("step")
+    axes[0].set_title("loss")
+    axes[0].legend()
+    names = [k for k in (evals[0] if evals else {}) if k not in ("type", "step", "epoch", "eval_loss", "seconds")
+             and isinstance(evals[0][k], (int, float))]
+    for name in names[:6]:
+        axes[1].plot([r["step"] for r in evals], [r[name] for r in evals], "o-", label=name)
+    axes[1].set_xlabel("step")
+    axes[1].set_title("evaluation")
+    if names:
+        axes[1].legend()
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
+class _Progress:
+    """tqdm on the main process when asked; a no-op elsewhere."""
+
+    def __init__(self, enabled: bool, total: int, initial: int):
+        self.bar = None
+        if enabled:
+            try:
+                from tqdm.auto import tqdm
+            except ImportError:
+                tqdm = None
+            if tqdm is not None:
+                self.bar = tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True, mininterval=2.0,
+                                file=sys.stderr)
+
+    def update(self, n: int = 1, **postfix: Any) -> None:
+        if self.bar is not None:
+            self.bar.update(n)
+            if postfix:
+                self.bar.set_postfix(postfix, refresh=False)
+
+    def write(self, text: str) -> None:
+        if self.bar is not None:
+            self.bar.write(text)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+# ---------------------------------------------------------------------- the loop
+def fit(
+    model: nn.Module,
+    features: Sequence[Any],
+    collate: Callable[[list[Any]], dict[str, Tensor]],
+    loss_fn: LossFn,
+    options: TrainOptions,
+    *,
+    lengths: Sequence[int] | None = None,
+    evaluate: Callable[[nn.Module], dict[str, float]] | None = None,
+    save: Callable[[nn.Module, Path], None] | None = None,
+    resume: bool | str | os.PathLike = False,
+) -> TrainResult:
+    """Train `model` on `features` and return what happened.
+
+    collate(list of features) -> dict of (B, ...) tensors; loss_fn(model, batch) -> (scalar loss,
+    logs) where `model` is what to call (wrapped in DDP when distributed) and the loss is the
+    mean over the micro-batch. lengths: per-feature lengths for length-grouped batches.
+    evaluate(model) -> metrics runs on the main process in eval mode; `options.metric` picks the best.
+    save(model, dir) writes a model directory (default: HF format for distilkit models).
+    resume: True continues from the latest checkpoint in output_dir, a path from that checkpoint.
+    """
+    o = options
+    d = init_distributed()
+    device = pick_device(o.device, d)
+    precision = resolve_precision(o.precision, device)
+    if o.num_threads > 0:
+        torch.set_num_threads(o.num_threads)
+    if o.grad_accum < 1 or o.batch_size < 1:
+        raise ValueError("batch_size and grad_accum must be at least 1")
+    save = save or default_save
+    out_dir = Path(o.output_dir).expanduser()
+    n_micro = d.world * o.grad_accum
+    global_batch = o.batch_size * n_micro
+    if len(features) < n_micro:
+        raise ValueError(f"{len(features)} training examples cannot fill {n_micro} micro-batches")
+    if o.group_by_length and lengths is None:
+        lengths = [len(f["input_ids"]) for f in features] if isinstance(features[0], dict) and "input_ids" in features[0] else None
+    grouped = lengths if o.group_by_length else None
+    steps_per_epoch = len(epoch_batches(len(features), global_batch, o.seed, 0, grouped, n_micro))
+    total = o.max_steps if o.max_steps > 0 else o.epochs * steps_per_epoch
+    if total < 1:
+        raise ValueError("nothing to train: set epochs or max_steps")
+    warmup = o.warmup_steps if o.warmup_steps > 0 else int(math.ceil(o.warmup_ratio * total))
+
+    model.to(device)
+    model.train()
+    seed_everything(o.seed + d.rank)  # different dropout masks per process, reproducible
+    optimizer = build_optimizer(model, o.lr, o.weight_decay)
+    scheduler = linear_schedule(optimizer, warmup, total)
+    scaler = torch.amp.GradScaler("cuda") if precision == "fp16" else None
+
+    step, epoch, position = 0, 0, 0
+    best: float | None = None
+    best_step: int | None = None
+    resume_from: Path | None = None
+    if resume:
+        resume_from = latest_checkpoint(out_dir) if resume is True else Path(resume)
+        if resume_from is None:
+            raise FileNotFoundError(f"--resume: no checkpoint under {out_dir / 'checkpoints'}")
+        state = json.loads((resume_from / "trainer_state.json").read_text())
+        if state["total_steps"] != total:
+            raise ValueError(f"{resume_from} belongs to a run of {state['total_steps']} steps, this one has {total}: "
+                             "resume with the options of the interrupted run")
+        load_weights(model, resume_from)
+        model.to(device)
+        blob = torch.load(resume_from / "optimizer.pt", map_location=device, weights_only=False)
+        optimizer.load_state_dict(blob["optimizer"])
+        scheduler.load_state_dict(blob["scheduler"])
+        if scaler is not None and blob.get("scaler"):
+            scaler.load_state_dict(blob["scaler"])
+        rng_file = resume_from / f"rng_state_{d.rank}.pt"
+        if rng_file.is_file():
+            set_rng_state(torch.load(rng_file, weights_only=False))
+        elif d.main:
+            print(f"warning: {rng_file.name} not found (another number of processes?): dropout masks will differ",
+                  file=sys.stderr)
+        step, epoch, position = state["step"], state["epoch"], state["position"]
+        best, best_step = state.get("best_metric"), state.get("best_step")
+
+    core = model  # evaluation, saving and checkpoints use the bare model
+    if d.world > 1:
+        ids = [device.index] if device.type == "cuda" else None
+        model = nn.parallel.DistributedDataParallel(model, device_ids=ids)
+
+    recorder = Recorder(out_dir, d.main, o.tensorboard, step if resume_from else None)
+    progress = _Progress(o.progress and d.main, total, step)
+    autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)) \
+        if precision in ("bf16", "fp16") else contextlib.nullcontext
+    losses: list[tuple[int, float]] = []
+    evals: list[dict[str, Any]] = []
+    best_dir = out_dir / "best" if (out_dir / "best").is_dir() and best is not None else None
+    window = {"examples": 0, "tokens": 0, "time": time.perf_counter(), "loss": 0.0, "steps": 0}
+    if d.main:
+        print(f"training: {len(features)} examples, {steps_per_epoch} steps/epoch, {total} steps, global batch "
+              f"{global_batch} ({d.world} process(es) x {o.grad_accum} x {o.batch_size}), {precision} on {device}"
+              + (f", resumed at step {step}" if resume_from else ""), file=sys.stderr)
+
+    while step < total:
+        batches = epoch_batches(len(features), global_batch, o.seed, epoch, grouped, n_micro)
+        for bi in range(position, len(batches)):
+            batch = batches[bi]
+            parts = micro_batches(batch, d, o.grad_accum)
+            loss_sum = torch.zeros((), device=device)
+            logs_sum: dict[str, float] = {}
+            for k, part in enumerate(parts):
+                micro = {key: v.to(device, non_blocking=True) for key, v in collate([features[i] for i in part]).items()}
+                weight = len(part) / len(batch)
+                sync = k == len(parts) - 1 or d.world == 1
+                with (contextlib.nullcontext() if sync else model.no_sync()), autocast():
+                    loss, logs = loss_fn(model, micro)
+                # DDP averages gradients over processes; the weights already sum to 1 over all of them.
+                scaled = loss * (weight * d.world)
+                (scaler.scale(scaled) if scaler is not None else scaled).backward()
+                loss_sum += loss.detach().float() * weight
+                for key, value in logs.items():
+                    logs_sum[key] = logs_sum.get(key, 0.0) + float(value) * weight
+                if "attention_mask" in micro:
+                    window["tokens"] += int(micro["attention_mask"].sum())
+            if scaler is not None:
+                scaler.unscale_(optimizer)
+            grad_norm = (torch.nn.utils.clip_grad_norm_(core.parameters(), o.max_grad_norm) if o.max_grad_norm > 0
+                         else None)
+            if scaler is not None:
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            if d.world > 1:
+                dist.all_reduce(loss_sum)
+            step += 1
+            step_loss = float(loss_sum)
+            if not math.isfinite(step_loss) and scaler is None:
+                raise FloatingPointError(f"the loss is {step_loss} at step {step}: lower lr, or check the data")
+            losses.append((step, step_loss))
+            window["examples"] += len(batch)
+            window["loss"] += step_loss
+            window["steps"] += 1
+            end_of_epoch = bi + 1 == len(batches)
+            done = step >= total
+            if step % o.log_every == 0 or done:
+                elapsed = max(time.perf_counter() - window["time"], 1e-9)
+                record = {
+                    "type": "train", "step": step, "epoch": round(epoch + (bi + 1) / len(batches), 4),
+                    "loss": window["loss"] / window["steps"], "lr": scheduler.get_last_lr()[0],
+                    "grad_norm": float(grad_norm) if grad_norm is not None else None,
+                    "examples_per_s": window["examples"] / elapsed,
+                    "tokens_per_s": window["tokens"] * d.world / elapsed,
+                    **{k: v for k, v in logs_sum.items()},
+                }
+                recorder.log(record)
+                progress.update(window["steps"], loss=f"{record['loss']:.4f}", ex_s=f"{record['examples_per_s']:.1f}")
+                window = {"examples": 0, "tokens": 0, "time": time.perf_counter(), "loss": 0.0, "steps": 0}
+            evaluated = False
+            if evaluate is not None and ((o.eval_every > 0 and step % o.eval_every == 0)
+                                         or (o.eval_every == 0 and end_of_epoch) or done):
+                metrics = _evaluate(core, evaluate, d)
+                evaluated = True
+                record = {"type": "eval", "step": step, "epoch": round(epoch + (bi + 1) / len(batches), 4), **metrics}
+                evals.append(record)
+                recorder.log(record)
+                progress.write(f"step {step}: " + ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()
+                                                            if isinstance(v, (int, float))))
+                metric = o.metric or next(iter(metrics), None)
+                if metric not in metrics:
+                    raise KeyError(f"metric {metric!r} is not among the evaluation results {sorted(metrics)}")
+                value = float(metrics[metric])
+                if best is None or (value > best if o.greater_is_better else value < best):
+                    best, best_step = value, step
+                    best_dir = out_dir / "best"
+                    if d.main:
+                        _replace_dir(best_dir, lambda tmp: save(core, tmp))
+                _barrier(d)
+            if (o.save_every > 0 and step % o.save_every == 0) or (o.save_every == 0 and evaluated) or done:
+                saved_epoch, saved_pos = (epoch + 1, 0) if end_of_epoch else (epoch, bi + 1)
+                _save_checkpoint(core, optimizer, scheduler, scaler, save, out_dir, d, step, total, saved_epoch,
+                                 saved_pos, best, best_step, o.keep_checkpoints)
+            if done:
+                break
+        else:
+            epoch, position = epoch + 1, 0
+            continue
+        break
+
+    progress.close()
+    recorder.close()
+    if d.main:
+        # The model directory itself holds the best model (the last one without evaluation).
+        if best_dir is not None and best_dir.is_dir():
+            for f in best_dir.iterdir():
+                if f.is_file():
+                    shutil.copy2(f, out_dir / f.name)
+        else:
+            save(core, out_dir)
+        if o.plot and recorder.file.exists():
+            plot_curves(recorder.file, out_dir / "curves.png")
+    _barrier(d)
+    return TrainResult(step, losses, evals, best, best_step, out_dir, best_dir)
+
+
+def _evaluate(model: nn.Module, evaluate: Callable[[nn.Module], dict[str, float]], d: Dist) -> dict[str, float]:
+    """Evaluate on the main process (others wait) and share the metrics with every process."""
+    metrics: dict[str, float] = {}
+    if d.main:
+        model.eval()
+        with torch.no_grad():
+            metrics = dict(evaluate(model))
+        model.train()
+    if d.world > 1:
+        box = [metrics]
+        dist.broadcast_object_list(box, src=0)
+        metrics = box[0]
+    return metrics
+
+
+def _barrier(d: Dist) -> None:
+    if d.world > 1:
+        dist.barrier()
+
+
+def _replace_dir(target: Path, write: Callable[[Path], None]) -> None:
+    """Write into a temporary sibling and swap it in, so a crash never leaves half a directory."""
+    tmp = target.with_name(target.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    write(tmp)
+    old = target.with_name(target.name + ".old")
+    if target.exists():
+        shutil.rmtree(old, ignore_errors=True)
+        target.rename(old)
+    tmp.rename(target)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _save_checkpoint(model, optimizer, scheduler, scaler, save, out_dir: Path, d: Dist, step: int, total: int,
+                     epoch: int, position: int, best, best_step, keep: int) -> None:
+    root = out_dir / "checkpoints"
+    target = root / f"step-{step:07d}"
+    tmp = root / f"step-{step:07d}.tmp"
+    if d.main:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        save(model, tmp)
+        torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                    "scaler": scaler.state_dict() if scaler is not None else None}, tmp / "optimizer.pt")
+    _barrier(d)
+    torch.save(rng_state(), tmp / f"rng_state_{d.rank}.pt")
+    _barrier(d)
+    if d.main:
+        # trainer_state.json last: its presence marks a complete checkpoint.
+        state = {"step": step, "total_steps": total, "epoch": epoch, "position": position, "world_size": d.world,
+                 "best_metric": best, "best_step": best_step}
+        (tmp / "trainer_state.json").write_text(json.dumps(state, indent=2) + "\n")
+        shutil.rmtree(target, ignore_errors=True)
+        tmp.rename(target)
+        done = sorted(p.parent for p in root.glob("step-*/trainer_state.json"))
+        for old in done[: max(0, len(done) - max(1, keep))]:
+            shutil.rmtree(old, ignore_errors=True)
+    _barrier(d)
