@@ -227,6 +227,23 @@ def _has_pyarrow() -> bool:
     return True
 
 
+@pytest.mark.parametrize("task, head", [("fill-mask", "masked-lm"), ("token-classification", "token-classification")])
+def test_text_tasks(tmp_path, checkpoint, task, head):
+    model = checkpoint("distilbert", head, head_scale=20.0)
+    texts = [c for c in CORPUS if c.isascii()][:5]
+    if task == "fill-mask":
+        texts = [t.replace(t.split()[2], "[MASK]", 1) for t in texts]
+    src = write_jsonl(tmp_path / "in.jsonl", [{"text": t} for t in texts] + [{"text": "no mask here"}])
+    out = tmp_path / "out.jsonl"
+    report = run(tmp_path, input=str(src), output=str(out), task=task, model=str(model), chunk_size=4)
+    expected = pipeline(task, model=model).run(texts)
+    if task == "fill-mask":
+        assert report.errors == 1 and "No mask_token" in read_jsonl(report.errors_path)[0]["error"]
+    else:
+        expected += pipeline(task, model=model).run(["no mask here"])
+    assert_same([r["result"] for r in read_jsonl(out)], expected)
+
+
 # ------------------------------------------------------------------------------ bad records
 def test_bad_records_go_to_the_errors_file(tmp_path, qa_model, qa_task):
     good = qa_records(6)

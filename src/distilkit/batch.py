@@ -169,9 +169,13 @@ def run_batch(
                                manifest["chunks"], manifest["chunks"], time.perf_counter() - started)
         done = _committed(work)
         manifest = _read_json(work / "manifest.json")
-        spec = {"sources": [(str(s.path), s.format, s.gzipped) for s in sources], "columns": dataclasses.asdict(columns),
+        spec = {"sources": [(str(s.path), s.format, s.gzipped) for s in sources],
+                "columns": dataclasses.asdict(columns),
                 "task": task_name, "model": model_ref, "params": params, "mode": mode, "device": device,
                 "threads": threads, "max_tokens": max_tokens, "chunk_size": chunk_size}
+        size = sum(s.size for s in sources)
+        show.message(f"{task_name} with {model_ref}: {len(sources)} file{'s' * (len(sources) > 1)} "
+                     f"({size / 1e6:,.1f} MB) -> {output_path}, chunks of {chunk_size} records, {engine} engine")
         if done:
             show.message(f"resuming {output_path}: {len(done)} chunks ({sum(h['count'] for h in done.values())} "
                          f"records) already scored")
@@ -195,7 +199,8 @@ def run_batch(
                          time.perf_counter() - started)
     rate = (records + n_errors - sum(h["count"] for h in done.values())) / max(report.seconds, 1e-9)
     show.message(f"done: {records} records scored into {output_path}, {n_errors} bad records"
-                 + (f" (reasons in {errors_path})" if n_errors else "") + f"; {report.seconds:.1f}s, {rate:.1f} records/s")
+                 + (f" (reasons in {errors_path})" if n_errors else "")
+                 + f"; {report.seconds:.1f}s, {rate:.1f} records/s")
     return report
 
 
@@ -448,7 +453,8 @@ class Scorer:
         for key, column in self.fields.items():
             value = record.get(column)
             if value is None:
-                return rid, None, f"missing field {column!r}" if column not in record else f"field {column!r} is null", column
+                why = f"missing field {column!r}" if column not in record else f"field {column!r} is null"
+                return rid, None, why, column
             if not isinstance(value, str):
                 return rid, None, f"field {column!r} must be a string, got {type(value).__name__}", column
             if not value.strip():
@@ -590,6 +596,7 @@ def _run_local(spec: dict, sources, work: Path, done: dict, show: "Progress") ->
     The Rust tokenizer and torch release the GIL, so the next chunk is tokenized during this one's
     forward pass; at most ~4 chunks are in memory."""
     scorer = build_scorer(spec)
+    show.clock()  # records/s counts scoring, not loading the model
     columns = Columns(**spec["columns"]).needed(scorer.task.name)
     prepared_q: queue.Queue = queue.Queue(maxsize=1)
     scored_q: queue.Queue = queue.Queue(maxsize=1)
@@ -688,7 +695,7 @@ def _run_ray(spec: dict, sources, work: Path, done: dict, show: "Progress", addr
         ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
     quiet = logging.getLogger("ray.data")
     level = quiet.level
-    quiet.setLevel(logging.WARNING)
+    quiet.setLevel(logging.ERROR)  # our own progress replaces Ray Data's bars and their warnings
     try:
         ctx = ray.data.DataContext.get_current()
         ctx.enable_progress_bars = False
@@ -733,6 +740,10 @@ class Progress:
         self.done = self.resumed
         self.errors = sum(h["errors"] for h in done.values())
         self.t0 = self.last = time.monotonic()
+
+    def clock(self) -> None:
+        with self.lock:
+            self.t0 = self.last = time.monotonic()
 
     def message(self, text: str) -> None:
         if self.mode != "none":
