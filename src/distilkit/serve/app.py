@@ -46,7 +46,7 @@ class ServeConfig:
     mode: str = "fp32"
     threads: int | None = None
     api_key: str | None = field(default=None, repr=False)
-    max_batch_tokens: int = 8192  # estimated tokens merged into one model call
+    max_batch_tokens: int | None = None  # estimated tokens merged into one model call; None: the task's max_tokens
     max_batch_size: int = 64  # inputs merged into one model call (1: no dynamic batching)
     max_wait_ms: float = 5.0  # how long the oldest queued request waits for company
     max_body_bytes: int = 1 << 20
@@ -60,7 +60,7 @@ class ServeConfig:
         self.task = task_name(self.task)
         for name in ("max_batch_tokens", "max_batch_size", "max_body_bytes", "max_inputs", "max_text_chars",
                      "max_queue"):
-            if getattr(self, name) < 1:
+            if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.max_wait_ms < 0 or self.timeout_s <= 0 or self.graceful_timeout_s < 0:
             raise ValueError("max_wait_ms and graceful_timeout_s must be >= 0, timeout_s > 0")
@@ -139,7 +139,7 @@ def create_app(config: ServeConfig, task: Any | None = None) -> FastAPI:
             state.batcher = MicroBatcher(
                 lambda inputs, params: t.run(inputs, **params),
                 check=lambda inputs, params: t.featurize(list(inputs), t.params(**params)),
-                max_batch_tokens=config.max_batch_tokens, max_batch_size=config.max_batch_size,
+                max_batch_tokens=config.max_batch_tokens or t.max_tokens, max_batch_size=config.max_batch_size,
                 max_wait_s=config.max_wait_ms / 1000, max_queue=config.max_queue, metrics=state.metrics)
             await state.batcher.start()
             await state.batcher.call(lambda: t.run(warmup_inputs(t)))
@@ -230,7 +230,8 @@ def create_app(config: ServeConfig, task: Any | None = None) -> FastAPI:
             "routes": {"score": "/score", "pipeline": pipeline_route},
             "limits": {k: getattr(config, k) for k in ("max_body_bytes", "max_inputs", "max_text_chars", "max_queue",
                                                        "timeout_s")},
-            "batching": {k: getattr(config, k) for k in ("max_batch_tokens", "max_batch_size", "max_wait_ms")},
+            "batching": {"max_batch_tokens": state.batcher.max_batch_tokens if state.batcher else config.max_batch_tokens,
+                         "max_batch_size": config.max_batch_size, "max_wait_ms": config.max_wait_ms},
             "uptime_s": round(time.time() - state.started, 3),
         }
 

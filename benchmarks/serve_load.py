@@ -1,0 +1,283 @@
+"""Load test of `distilkit serve` on loopback: dynamic batching vs a batch size of 1.
+
+Starts the server twice in a subprocess on a free 127.0.0.1 port — once with the default dynamic
+batching, once with --max-batch-size 1 — and drives each with N concurrent keep-alive clients
+for a fixed time (a minimal asyncio HTTP/1.1 client, so that the client costs little of the
+machine's CPU). Prints throughput, p50/p99 latency and the error count of each run and the ratio.
+
+No weights can be downloaded here: without --model the server loads a randomly initialised
+checkpoint of the chosen size (default DistilBERT-base: dim 768, 6 layers), with the real
+distilbert-base-uncased tokenizer from ../shared/data when present (else one trained here).
+Inputs: SQuAD dev questions (question-answering) or emotion sentences (fill-mask with one
+word masked, text-classification) from ../shared/data, else built-in sentences.
+
+    python benchmarks/serve_load.py [--task question-answering|fill-mask|text-classification]
+        [--clients 32] [--duration 15] [--size base|small|tiny] [--model DIR] [--json]
+
+Only loopback addresses are used; every loop is bounded in time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = Path(os.environ.get("DISTILKIT_DATA", ROOT.parent / "shared" / "data"))
+HEADS = {"question-answering": "DistilBertForQuestionAnswering", "fill-mask": "DistilBertForMaskedLM",
+         "text-classification": "DistilBertForSequenceClassification"}
+SIZES = {  # DistilBertConfig fields
+    "base": dict(dim=768, n_layers=6, n_heads=12, hidden_dim=3072),
+    "small": dict(dim=256, n_layers=4, n_heads=4, hidden_dim=1024),
+    "tiny": dict(dim=32, n_layers=2, n_heads=4, hidden_dim=37),
+}
+FALLBACK_SENTENCES = [
+    "My name is John and I live in Seattle.", "Paris is the capital of France and its largest city.",
+    "Today is a beautiful day and the weather is glorious.", "The Normans gave their name to Normandy in France.",
+    "Machine learning models such as DistilBERT are smaller, faster, cheaper and lighter.",
+    "Alice is sitting on the bench and Bob is sitting next to her.",
+    "Hugging Face is a company based in New York City with its headquarters in DUMBO.",
+]
+
+
+# ---------------------------------------------------------------------------------------- model and data
+def build_checkpoint(workdir: Path, task: str, size: str) -> Path:
+    import torch
+    import transformers as T
+
+    d = workdir / f"{task}-{size}"
+    tok_dir = DATA / "tokenizers" / "distilbert-base-uncased"
+    if not (tok_dir / "tokenizer.json").is_file():
+        from tokenizers.implementations import BertWordPieceTokenizer
+
+        tok_dir = workdir / "tokenizer"
+        tok_dir.mkdir(parents=True, exist_ok=True)
+        tok = BertWordPieceTokenizer(lowercase=True)
+        tok.train_from_iterator(FALLBACK_SENTENCES * 4, vocab_size=500, min_frequency=1,
+                                special_tokens=["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"])
+        tok.save_model(str(tok_dir))
+        T.BertTokenizerFast(vocab_file=str(tok_dir / "vocab.txt"), do_lower_case=True).save_pretrained(str(tok_dir))
+    vocab = json.loads((tok_dir / "tokenizer.json").read_text())["model"]["vocab"]
+    cfg = T.DistilBertConfig(vocab_size=len(vocab), **SIZES[size])
+    if task == "text-classification":
+        cfg.id2label = {0: "sadness", 1: "joy", 2: "love", 3: "anger", 4: "fear", 5: "surprise"}
+        cfg.label2id = {v: k for k, v in cfg.id2label.items()}
+    torch.manual_seed(0)
+    getattr(T, HEADS[task])(cfg).eval().save_pretrained(str(d))
+    for f in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
+        if (tok_dir / f).is_file():
+            shutil.copy(tok_dir / f, d / f)
+    return d
+
+
+def request_bodies(task: str, n: int = 512) -> list[bytes]:
+    """Seed-card shaped bodies, one input each."""
+    rng = random.Random(0)
+    squad = DATA / "squad" / "dev-v2.0-half.json"
+    emotion = DATA / "emotion" / "test.txt"
+    if task == "question-answering":
+        if squad.is_file():
+            data = json.loads(squad.read_text())
+            pairs = [(qa["question"], p["context"]) for a in data["data"] for p in a["paragraphs"] for qa in p["qas"]]
+        else:
+            pairs = [("Who or what is this about?", s) for s in FALLBACK_SENTENCES]
+        rng.shuffle(pairs)
+        return [json.dumps({"input_data": {"question": q, "context": c}}).encode() for q, c in pairs[:n]]
+    sentences = ([line.rsplit(";", 1)[0] for line in emotion.read_text().splitlines()] if emotion.is_file()
+                 else FALLBACK_SENTENCES)
+    rng.shuffle(sentences)
+    bodies = []
+    for s in sentences[:n]:
+        if task == "fill-mask":
+            words = s.split()
+            words[rng.randrange(len(words))] = "[MASK]"
+            bodies.append(json.dumps({"inputs": {"input_string": [" ".join(words)]}, "parameters": {"top_k": 5}}).encode())
+        else:
+            bodies.append(json.dumps({"input_data": [s]}).encode())
+    return bodies
+
+
+# ---------------------------------------------------------------------------------------- server
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(task: str, model: Path, port: int, extra: list[str], log: Path) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "distilkit.serve", "--task", task, "--model", str(model), "--host", "127.0.0.1",
+           "--port", str(port), "--no-access-log", "--log-level", "warning", "--max-queue", "1024", *extra]
+    proc = subprocess.Popen(cmd, stdout=log.open("wb"), stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}:\n{log.read_text()}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
+                s.sendall(b"GET /ready HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+                if s.recv(64).startswith(b"HTTP/1.1 200"):
+                    return proc
+        except OSError:
+            pass
+        time.sleep(0.2)
+    proc.kill()
+    raise RuntimeError("server not ready after 180 s")
+
+
+def stop_server(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+# ---------------------------------------------------------------------------------------- client
+async def _one(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, port: int, body: bytes) -> tuple[int, bytes]:
+    writer.write(b"POST /score HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nContent-Type: application/json\r\n"
+                 b"Content-Length: %d\r\n\r\n" % (port, len(body)) + body)
+    head = await reader.readuntil(b"\r\n\r\n")
+    status = int(head[9:12])
+    length = 0
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            length = int(value)
+    return status, await reader.readexactly(length)
+
+
+async def _client(port: int, bodies: list[bytes], start: int, stop_at: float, record: bool,
+                  latencies: list[float], errors: list[str]) -> None:
+    loop = asyncio.get_running_loop()
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    i = start
+    try:
+        while loop.time() < stop_at:
+            body = bodies[i % len(bodies)]
+            i += 1
+            t0 = time.perf_counter()
+            try:
+                status, payload = await asyncio.wait_for(_one(reader, writer, port, body), 60)
+            except (OSError, asyncio.IncompleteReadError, TimeoutError) as e:
+                errors.append(type(e).__name__)
+                writer.close()
+                reader, writer = await asyncio.open_connection("127.0.0.1", port)
+                continue
+            if record:
+                if status == 200:
+                    latencies.append(time.perf_counter() - t0)
+                else:
+                    errors.append(f"{status} {payload[:120]!r}")
+    finally:
+        writer.close()
+
+
+async def load(port: int, bodies: list[bytes], clients: int, seconds: float, warmup: float) -> dict:
+    loop = asyncio.get_running_loop()
+    # Warm-up: the same load, not recorded (first batches, allocator, caches).
+    await asyncio.gather(*(_client(port, bodies, i * 7, loop.time() + warmup, False, [], [])
+                           for i in range(clients)))
+    latencies: list[float] = []
+    errors: list[str] = []
+    t0 = time.perf_counter()
+    stop_at = loop.time() + seconds
+    await asyncio.gather(*(_client(port, bodies, i * 7, stop_at, True, latencies, errors) for i in range(clients)))
+    elapsed = time.perf_counter() - t0
+    latencies.sort()
+
+    def pct(q: float) -> float:
+        return latencies[min(len(latencies) - 1, int(q * len(latencies)))] * 1000 if latencies else float("nan")
+
+    return {"requests": len(latencies), "seconds": round(elapsed, 2), "rps": round(len(latencies) / elapsed, 1),
+            "p50_ms": round(pct(0.50), 1), "p99_ms": round(pct(0.99), 1),
+            "mean_ms": round(statistics.fmean(latencies) * 1000, 1) if latencies else None,
+            "errors": len(errors), "error_examples": sorted(set(errors))[:3]}
+
+
+def batch_stats(port: int) -> dict:
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        s.sendall(b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+    values = {}
+    for line in data.decode().splitlines():
+        for name in ("distilkit_batch_requests_sum", "distilkit_batch_requests_count"):
+            if line.startswith(name + " "):
+                values[name] = float(line.split()[1])
+    count = values.get("distilkit_batch_requests_count", 0)
+    return {"batches": int(count),
+            "mean_batch": round(values.get("distilkit_batch_requests_sum", 0) / count, 2) if count else None}
+
+
+# ---------------------------------------------------------------------------------------- main
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--task", default="question-answering", choices=sorted(HEADS))
+    ap.add_argument("--model", default=None, help="checkpoint directory (default: a random one of --size)")
+    ap.add_argument("--size", default="base", choices=sorted(SIZES))
+    ap.add_argument("--clients", type=int, default=32)
+    ap.add_argument("--duration", type=float, default=15.0, help="seconds of measured load per run")
+    ap.add_argument("--warmup", type=float, default=3.0, help="seconds of unmeasured load before each run")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads in the server")
+    ap.add_argument("--max-batch-size", type=int, default=64, help="the dynamic run's --max-batch-size")
+    ap.add_argument("--max-wait-ms", type=float, default=5.0)
+    ap.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    args = ap.parse_args(argv)
+
+    workdir = Path(tempfile.mkdtemp(prefix="serve-load-"))
+    try:
+        model = Path(args.model) if args.model else build_checkpoint(workdir, args.task, args.size)
+        bodies = request_bodies(args.task)
+        threads = ["--threads", str(args.threads)] if args.threads else []
+        runs = {
+            "dynamic": ["--max-batch-size", str(args.max_batch_size), "--max-wait-ms", str(args.max_wait_ms)],
+            "batch-1": ["--max-batch-size", "1"],
+        }
+        results = {}
+        for name, flags in runs.items():
+            port = free_port()
+            proc = start_server(args.task, model, port, flags + threads, workdir / f"{name}.log")
+            try:
+                results[name] = asyncio.run(load(port, bodies, args.clients, args.duration, args.warmup))
+                results[name].update(batch_stats(port))
+            finally:
+                stop_server(proc)
+        ratio = results["dynamic"]["rps"] / results["batch-1"]["rps"] if results["batch-1"]["rps"] else float("inf")
+        summary = {"task": args.task, "model": args.model or f"random {args.size}", "clients": args.clients,
+                   "duration_s": args.duration, "cpus": os.cpu_count(), "runs": results, "speedup": round(ratio, 2)}
+        if args.json:
+            print(json.dumps(summary))
+        else:
+            print(f"{args.task}, {summary['model']}, {args.clients} clients, {args.duration:g} s per run, "
+                  f"{os.cpu_count()} CPUs")
+            print(f"{'run':<9} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7} {'batches':>8} {'mean batch':>11}")
+            for name, r in results.items():
+                print(f"{name:<9} {r['rps']:>8} {r['p50_ms']:>8} {r['p99_ms']:>8} {r['errors']:>7} {r['batches']:>8} "
+                      f"{r['mean_batch']!s:>11}")
+                for e in r["error_examples"]:
+                    print(f"          error: {e}")
+            print(f"dynamic / batch-1 throughput: {ratio:.2f}x (target >= 3x, zero errors)")
+        ok = ratio >= 3 and all(r["errors"] == 0 for r in results.values())
+        return 0 if ok else 1
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

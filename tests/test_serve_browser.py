@@ -1,0 +1,100 @@
+"""The try-it page in a real browser: headless Debian Chromium driven by Playwright.
+
+Skips (with the reason) where Playwright or Chromium is missing: `apt-get install chromium` and
+`pip install playwright` (never `playwright install`: the browser comes from Debian).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import pytest
+
+pytest.importorskip("fastapi")
+sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright (the browser: apt-get install chromium)")
+
+from test_serve import start_servers, stop_all  # noqa: E402
+
+CHROMIUM = os.environ.get("DISTILKIT_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
+ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking",
+        "--disable-component-update", "--disable-sync", "--no-first-run"]
+
+pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="Chromium not found: apt-get install chromium")
+
+
+@pytest.fixture(scope="module")
+def servers(checkpoint):
+    running = start_servers({
+        "qa": (("question-answering", checkpoint("distilbert", "question-answering", head_scale=20.0),
+                "--no-access-log"), {}),
+        "fm": (("fill-mask", checkpoint("distilbert", "masked-lm", head_scale=20.0), "--no-access-log"), {}),
+    })
+    yield running
+    stop_all(running.values())
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with sync_api.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
+        yield b
+        b.close()
+
+
+def test_question_is_answered_and_highlighted(servers, browser, tmp_path):
+    qa = servers["qa"]
+    context = "My name is John and I live in Seattle. I work as a baker."
+    question = "Where do I live?"
+    expected = qa.post("/pipeline/question-answering", {"question": question, "context": context}).json()
+    page = browser.new_page()
+    try:
+        page.goto(qa.url + "/")
+        page.wait_for_selector("#question-answering:not([hidden])")
+        page.fill("#context", context)
+        page.fill("#question", question)
+        page.click("#ask")
+        page.wait_for_selector("#qa-result:not([hidden])", timeout=15_000)
+        assert page.text_content("#error") == ""
+        shown = expected["answer"] or "(no answer)"
+        assert page.text_content("#answer") == shown
+        assert page.text_content("#highlighted") == context  # the whole context, unchanged
+        if expected["answer"]:
+            assert page.text_content("#highlighted mark") == expected["answer"]
+            before = page.evaluate("document.querySelector('#highlighted').firstChild.textContent")
+            assert before == context[: expected["start"]]  # the mark sits at the answer's offsets
+        page.screenshot(path=str(tmp_path / "qa.png"))
+    finally:
+        page.close()
+
+
+def test_fill_mask_shows_the_top_k(servers, browser):
+    fm = servers["fm"]
+    sentence = "Paris is the [MASK] of France."
+    expected = fm.post("/pipeline/fill-mask", {"inputs": sentence, "parameters": {"top_k": 3}}).json()
+    page = browser.new_page()
+    try:
+        page.goto(fm.url + "/")
+        page.wait_for_selector("#fill-mask:not([hidden])")
+        page.fill("#sentence", sentence)
+        page.fill("#top-k", "3")
+        page.click("#fill")
+        page.wait_for_selector("#predictions tr td", timeout=15_000)
+        rows = page.locator("#predictions tr").all()[1:]  # after the header
+        assert [r.locator("td").first.text_content() for r in rows] == [e["token_str"] for e in expected]
+    finally:
+        page.close()
+
+
+def test_errors_are_shown(servers, browser):
+    qa = servers["qa"]
+    page = browser.new_page()
+    try:
+        page.goto(qa.url + "/")
+        page.wait_for_selector("#question-answering:not([hidden])")
+        page.fill("#question", "   ")
+        page.click("#ask")
+        page.wait_for_function("document.querySelector('#error').textContent.length > 0", timeout=15_000)
+        assert "422" in page.text_content("#error") and "question" in page.text_content("#error")
+    finally:
+        page.close()
