@@ -179,3 +179,11 @@ def test_real_minilm_hidden_states_match(minilm_dir):
     for a, b in zip(r.hidden_states, o.hidden_states):
         torch.testing.assert_close(b[real], a[real], atol=1e-4, rtol=0)
     torch.testing.assert_close(pooled, r.pooler_output, atol=1e-4, rtol=0)
+
+
+def test_positions_leave_the_hidden_states_whole(checkpoint):
+    ours = load_model(checkpoint("distilbert", "masked-lm"))
+    ids, mask = _batch(ours.cfg.vocab_size, 0)
+    with torch.no_grad():
+        out = ours(ids, mask, positions=torch.tensor([0, 5]))
+    assert out.logits.shape[0] == 2 and out.last_hidden_state.shape[:2] == ids.shape

@@ -114,9 +114,8 @@ class Model(nn.Module):
         if self.head is None:
             logits = None
         elif self.head_name == "masked-lm":
-            if positions is not None:
-                x = x.reshape(-1, x.size(-1))[positions]  # (N, dim): skip the vocab GEMM elsewhere
-            logits = self.head(x, self.encoder.embed.word.weight)
+            rows = x if positions is None else x.reshape(-1, x.size(-1))[positions]  # (N, dim): skip the rest
+            logits = self.head(rows, self.encoder.embed.word.weight)
         elif self.head_name == "sequence-classification":
             logits = self.head(self.encoder.pool(x) if self.cfg.has_pooler else x[:, 0])
         else:

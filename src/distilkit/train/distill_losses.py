@@ -44,6 +44,8 @@ def masked_lm(logits: Tensor, labels: Tensor) -> Tensor:
     (..., V) aligned with labels (...)."""
     if logits.dim() == 2 and labels.dim() != 1:
         labels = labels[labels != IGNORE]
+    if not (labels != IGNORE).any():  # a batch with nothing masked (short texts): no MLM signal
+        return logits.sum() * 0.0
     return F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), labels.reshape(-1), ignore_index=IGNORE)
 
 

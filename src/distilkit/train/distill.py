@@ -1,0 +1,381 @@
+"""`distilkit distill`: the DistilBERT recipe on the shared training loop.
+
+General distillation (task: masked-lm) trains a student on raw text with
+a_ce * T^2 * KL(teacher || student) over every real token + a_mlm * MLM + a_cos * cosine of the last
+hidden states; the text is tokenized once into memory-mapped shards. Task distillation (task:
+text-classification | token-classification | question-answering) trains on
+a_task * task loss + a_ce * T^2 * KL on the task logits, reusing the fine-tuning data pipeline.
+The teacher runs without gradients (bf16 where the hardware has it). The student starts from
+chosen teacher layers (student_layers), from an existing checkpoint (student), or fresh.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import gzip
+import io
+import json
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+
+from .distill_losses import hidden_cosine, masked_lm, soft_target_kl, span_kl
+from .finetune import DEFAULT_METRICS, FinetuneConfig, build_features, flat_metrics, read_split, score
+from .loop import build_config, fit, init_distributed, seed_everything
+from .losses import forward, sequence_loss, span_loss, token_loss
+
+TASK_HEADS = {
+    "masked-lm": "masked-lm",
+    "text-classification": "sequence-classification",
+    "token-classification": "token-classification",
+    "question-answering": "question-answering",
+}
+
+
+@dataclass
+class DistillConfig(FinetuneConfig):
+    """Fine-tuning's options (data, loop) plus the teacher, the student and the loss weights.
+    `model` is unused: the student comes from `teacher` + `student_layers`, or from `student`."""
+
+    task: str = "masked-lm"  # masked-lm (general distillation) or a fine-tuning task (task distillation)
+    teacher: str = ""  # the teacher checkpoint (for task distillation: fine-tuned on the task)
+    student: str | None = None  # start from this checkpoint instead of teacher layers
+    student_layers: list[int] | None = None  # teacher layers to copy, e.g. [0, 2, 4, 7, 9, 11]
+    student_n_layers: int | None = None  # or a count (every other layer); default half the teacher
+    student_family: str | None = None  # distilbert: drop token types (BERT teacher); default the teacher's
+    temperature: float = 2.0
+    alpha_ce: float | None = None  # soft-target KL weight; default 5.0 general, 0.5 task (the papers' recipes)
+    alpha_mlm: float = 2.0  # general: masked-LM loss weight
+    alpha_cos: float = 1.0  # general: hidden-state cosine weight
+    alpha_task: float = 0.5  # task: the hard-label task loss weight
+    mlm_probability: float = 0.15
+    mlm_smoothing: float = 0.7  # masking weights counts ** -smoothing, as DistilBERT; 0: uniform
+    restrict_ce_to_mask: bool = False  # general: KL only on the masked tokens (cheaper) instead of all
+    text_column: str = "text"  # general: the text column of JSONL/CSV files
+    shards_dir: str | None = None  # general: where the token shards go (default output_dir/shards)
+    teacher_precision: str = "auto"  # auto (bf16 where supported) | fp32 | bf16
+    model: str = ""
+
+    def __post_init__(self):
+        if self.task not in TASK_HEADS:
+            raise ValueError(f"task must be one of {', '.join(TASK_HEADS)}, got {self.task!r}")
+        if not self.teacher:
+            raise ValueError("teacher is required: the teacher model directory or hub id")
+        if not self.train_file:
+            raise ValueError("train_file is required")
+        if self.temperature <= 0:
+            raise ValueError(f"temperature must be positive, got {self.temperature}")
+        if self.alpha_ce is None:
+            self.alpha_ce = 5.0 if self.task == "masked-lm" else 0.5
+        if self.metric is None and self.task != "masked-lm":
+            self.metric = DEFAULT_METRICS[self.task]
+
+    @classmethod
+    def load(cls, path: str | Path | None = None, overrides: Sequence[str] = (), **values: Any) -> "DistillConfig":
+        return build_config(cls, path, overrides, **values)
+
+
+# ---------------------------------------------------------------------- the teacher
+def teacher_autocast(precision: str, device: torch.device):
+    if precision == "auto":
+        precision = "bf16" if _has_bf16(device) else "fp32"
+    if precision == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    if precision != "fp32":
+        raise ValueError(f"teacher_precision must be auto, fp32 or bf16, got {precision!r}")
+    return contextlib.nullcontext()
+
+
+def _has_bf16(device: torch.device) -> bool:
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+class Teacher:
+    """The frozen teacher: called under no_grad (its outputs are loss targets, so they must be
+    ordinary tensors, not inference-mode ones), in bf16 where the hardware has it."""
+
+    def __init__(self, model: nn.Module, precision: str):
+        self.model = model.eval().requires_grad_(False)
+        self.precision = precision
+
+    def __call__(self, batch: dict[str, Tensor], **kwargs):
+        device = batch["input_ids"].device
+        if next(self.model.parameters()).device != device:
+            self.model.to(device)
+        with torch.no_grad(), teacher_autocast(self.precision, device):
+            out = forward(self.model, batch, **kwargs)
+        return out
+
+
+# ---------------------------------------------------------------------- loss functions
+def general_loss(teacher: Teacher, cfg: DistillConfig):
+    """L = a_ce T^2 KL + a_mlm MLM + a_cos (1 - cos), over the batch's real (or masked) tokens."""
+
+    def loss_fn(model: nn.Module, batch: dict[str, Tensor]):
+        mask = batch["attention_mask"].bool()
+        labels = batch["labels"]
+        rows = (labels != -100) if cfg.restrict_ce_to_mask else mask
+        positions = torch.nonzero(rows.reshape(-1)).squeeze(1)  # vocab projection only where a loss needs it
+        s = forward(model, batch, positions=positions, output_hidden_states=True)
+        t = teacher(batch, positions=positions, output_hidden_states=True)
+        ce = soft_target_kl(s.logits, t.logits.float(), cfg.temperature)
+        mlm = masked_lm(s.logits[labels.reshape(-1)[positions] != -100], labels[labels != -100])
+        cos = hidden_cosine(s.last_hidden_state, t.last_hidden_state.float(), mask)
+        loss = cfg.alpha_ce * ce + cfg.alpha_mlm * mlm + cfg.alpha_cos * cos
+        return loss, {"loss_ce": ce.item(), "loss_mlm": mlm.item(), "loss_cos": cos.item()}
+
+    return loss_fn
+
+
+def task_loss(teacher: Teacher, cfg: DistillConfig):
+    """L = a_task * task loss + a_ce * T^2 KL on the task logits (QA: mean of start and end)."""
+
+    def loss_fn(model: nn.Module, batch: dict[str, Tensor]):
+        s = forward(model, batch).logits
+        t = teacher(batch).logits.float()
+        mask = batch["attention_mask"].bool()
+        if cfg.task == "text-classification":
+            hard, ce = sequence_loss(s, batch["labels"]), soft_target_kl(s, t, cfg.temperature)
+        elif cfg.task == "token-classification":
+            hard, ce = token_loss(s, batch["labels"]), soft_target_kl(s, t, cfg.temperature, mask)
+        else:
+            hard = span_loss(s, batch["start_positions"], batch["end_positions"])
+            ce = span_kl(s, t, cfg.temperature, mask)
+        loss = cfg.alpha_task * hard + cfg.alpha_ce * ce
+        return loss, {"loss_task": hard.item(), "loss_ce": ce.item()}
+
+    return loss_fn
+
+
+# ---------------------------------------------------------------------- data for general distillation
+def iter_texts(path: Path, column: str) -> Iterator[str]:
+    """Texts streamed from .txt lines or a JSONL column (gzipped or not): never all in memory."""
+    opener = (lambda: io.TextIOWrapper(gzip.open(path), encoding="utf-8")) if path.suffix == ".gz" else \
+        (lambda: open(path, encoding="utf-8"))
+    jsonl = path.name.lower().removesuffix(".gz").endswith((".jsonl", ".json"))
+    with opener() as f:
+        for line in f:
+            if not line.strip():
+                continue
+            yield str(json.loads(line)[column]) if jsonl else line.rstrip("\r\n")
+
+
+def mlm_collate(tokenizer, vocab_size: int, cfg: DistillConfig, token_probs: np.ndarray | None):
+    from ..data.mlm import mask_tokens
+
+    special = [i for i in (tokenizer.cls_token_id, tokenizer.sep_token_id, tokenizer.pad_token_id) if i is not None]
+
+    def collate(seqs: list[np.ndarray]) -> dict[str, Tensor]:
+        T = max(len(s) for s in seqs)
+        ids = np.full((len(seqs), T), tokenizer.pad_token_id, dtype=np.int64)
+        attn = np.zeros_like(ids)
+        for r, s in enumerate(seqs):
+            ids[r, :len(s)], attn[r, :len(s)] = s, 1
+        # Masks drawn from torch's RNG, which checkpoints restore: a resumed run masks identically.
+        rng = np.random.default_rng(int(torch.randint(0, 2**62, (1,)).item()))
+        masked, labels = mask_tokens(ids, attn, special, tokenizer.mask_token_id, vocab_size, rng,
+                                     cfg.mlm_probability, token_probs)
+        return {"input_ids": torch.from_numpy(masked), "attention_mask": torch.from_numpy(attn),
+                "labels": torch.from_numpy(labels)}
+
+    return collate
+
+
+def general_data(cfg: DistillConfig, tokenizer, vocab_size: int):
+    from ..data.mlm import TokenShards, build_shards, smoothed_token_probs
+
+    d = init_distributed()
+    src = Path(cfg.data_path(cfg.train_file))
+    shards_dir = Path(cfg.shards_dir or Path(cfg.output_dir) / "shards").expanduser()
+    stamp = {"source": str(src.resolve()), "size": src.stat().st_size, "mtime": src.stat().st_mtime,
+             "max_length": cfg.max_seq_len, "vocab_size": vocab_size, "column": cfg.text_column}
+    if d.main and _read_json(shards_dir / "source.json") != stamp:
+        build_shards(iter_texts(src, cfg.text_column), tokenizer, shards_dir, cfg.max_seq_len)
+        (shards_dir / "source.json").write_text(json.dumps(stamp))
+    if dist.is_initialized():
+        dist.barrier()
+    shards = TokenShards(shards_dir)
+    probs = None
+    if cfg.mlm_smoothing > 0:
+        special = [i for i in (tokenizer.cls_token_id, tokenizer.sep_token_id, tokenizer.pad_token_id) if i is not None]
+        probs = smoothed_token_probs(shards.token_counts(vocab_size), special, cfg.mlm_smoothing)
+    return shards, probs
+
+
+def _read_json(path: Path):
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+# ---------------------------------------------------------------------- the recipe
+def build_student(cfg: DistillConfig, teacher: nn.Module, head: str, id2label: dict[int, str] | None) -> nn.Module:
+    from ..checkpoint import load_model
+    from .student import make_student
+
+    if cfg.student:
+        return load_model(cfg.student, head=head, id2label=id2label)
+    layers = cfg.student_layers if cfg.student_layers is not None else cfg.student_n_layers
+    return make_student(teacher, layers, family=cfg.student_family)
+
+
+def distill(cfg: DistillConfig, resume: bool | str = False) -> dict[str, Any]:
+    """Run the recipe. Returns {"output_dir", "steps", ..., "comparison"} (teacher vs student)."""
+    from ..checkpoint import load_model, resolve, save_pretrained
+    from ..data.collate import feature_lengths, pad_batch
+    from ..pipelines import pipeline
+    from ..tokenizer import Tokenizer
+
+    d = init_distributed()
+    seed_everything(cfg.seed)
+    head = TASK_HEADS[cfg.task]
+    teacher_model = load_model(cfg.teacher, head=head)
+    tokenizer = Tokenizer.from_pretrained(resolve(cfg.tokenizer or cfg.teacher))
+    id2label = dict(teacher_model.cfg.id2label) if cfg.task in ("text-classification", "token-classification") else None
+    student = build_student(cfg, teacher_model, head, id2label).train()
+    if cfg.dropout is not None:
+        from .finetune import set_dropout
+
+        set_dropout(student, cfg.dropout)
+    if student.encoder.pooler is not None and head != "sequence-classification":
+        student.encoder.pooler.requires_grad_(False)  # unused by this head (and DDP rejects unused parameters)
+    teacher = Teacher(teacher_model, cfg.teacher_precision)
+
+    valid = None
+    if cfg.task == "masked-lm":
+        features, token_probs = general_data(cfg, tokenizer, teacher_model.cfg.vocab_size)
+        lengths = features.lengths().tolist()
+        collate = mlm_collate(tokenizer, teacher_model.cfg.vocab_size, cfg, token_probs)
+        loss_fn = general_loss(teacher, cfg)
+        evaluate = None
+    else:
+        train = read_split(cfg, cfg.train_file, cfg.train_range, cfg.labels)
+        valid = read_split(cfg, cfg.valid_file, cfg.valid_range, cfg.labels)
+        label2id = {v: k for k, v in (id2label or {}).items()}
+        features = build_features(cfg, tokenizer, train, label2id, student.cfg.type_vocab_size > 0)
+        lengths = feature_lengths(features)
+
+        def collate(batch):
+            return pad_batch(batch, tokenizer.pad_token_id)
+
+        loss_fn = task_loss(teacher, cfg)
+
+        def evaluate(m: nn.Module) -> dict[str, float]:
+            return flat_metrics(score(cfg, pipeline(cfg.task, model=m, tokenizer=tokenizer), valid))
+
+    out = Path(cfg.output_dir).expanduser()
+    if d.main:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "distill_config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2) + "\n")
+    result = fit(student, features, collate, loss_fn, cfg, lengths=lengths,
+                 evaluate=evaluate if valid else None, save=lambda m, p: save_pretrained(m, p, tokenizer),
+                 resume=resume)
+    final = result.best_dir or out / "final"
+    if result.best_dir is None and d.main:
+        save_pretrained(_unwrap(student), final, tokenizer)
+    report: dict[str, Any] = {"output_dir": str(out), "student": str(final), "steps": result.step,
+                              "best_metric": result.best_metric, "losses": result.losses[-5:]}
+    if d.main and cfg.task != "masked-lm":
+        test = read_split(cfg, cfg.test_file, cfg.test_range, cfg.labels) or valid
+        if test:
+            report["comparison"] = compare(cfg, resolve(cfg.teacher), final, test)
+            (out / "comparison.json").write_text(json.dumps(report["comparison"], indent=2) + "\n")
+            print(format_comparison(report["comparison"]), file=sys.stderr)
+    return report
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    return model.module if hasattr(model, "module") else model
+
+
+def compare(cfg: DistillConfig, teacher_dir: Path, student_dir: Path, records: list[dict]) -> dict[str, Any]:
+    """Teacher vs student on the same records and CPU: parameters, throughput, latency, task score."""
+    from ..pipelines import pipeline
+
+    rows = {}
+    for name, path in (("teacher", teacher_dir), ("student", student_dir)):
+        task = pipeline(cfg.task, model=path, device="cpu")
+        n_params = sum(p.numel() for p in task.model.parameters())
+        t = time.perf_counter()
+        metrics = score(cfg, task, records)
+        seconds = time.perf_counter() - t
+        one = records[0]
+        single = {"question": one["question"], "context": one["context"]} if cfg.task == "question-answering" else \
+            (one["text"] if "text" in one else " ".join(one["tokens"]))
+        task.run([single])
+        lat = []
+        for _ in range(5):
+            t1 = time.perf_counter()
+            task.run([single])
+            lat.append(time.perf_counter() - t1)
+        rows[name] = {"parameters": n_params, "examples_per_s": len(records) / seconds,
+                      "latency_ms": 1000 * float(np.median(lat)), "metrics": flat_metrics(metrics)}
+    t, s = rows["teacher"], rows["student"]
+    key = cfg.metric if cfg.metric in s["metrics"] else next(iter(s["metrics"]))
+    rows["student_vs_teacher"] = {
+        "speedup": s["examples_per_s"] / t["examples_per_s"],
+        "parameters": s["parameters"] / t["parameters"],
+        key: s["metrics"][key] / t["metrics"][key] if t["metrics"][key] else None,
+    }
+    return rows
+
+
+def format_comparison(c: dict[str, Any]) -> str:
+    t, s = c["teacher"], c["student"]
+    metric = [k for k in c["student_vs_teacher"] if k not in ("speedup", "parameters")][0]
+    lines = [f"{'':10s} {'parameters':>12s} {'examples/s':>11s} {'latency ms':>11s} {metric:>12s}"]
+    for name, r in (("teacher", t), ("student", s)):
+        lines.append(f"{name:10s} {r['parameters']:12,d} {r['examples_per_s']:11.1f} {r['latency_ms']:11.1f} "
+                     f"{r['metrics'][metric]:12.4f}")
+    v = c["student_vs_teacher"]
+    lines.append(f"student/teacher: {v['parameters']:.2f}x parameters, {v['speedup']:.2f}x throughput, "
+                 f"{v[metric]:.3f} of the teacher's {metric}")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------- command line
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="distilkit distill",
+        description="Distil a student from a teacher: a YAML recipe (configs/distill/*.yaml) and key=value overrides.")
+    parser.add_argument("args", nargs="*", metavar="CONFIG.yaml | key=value")
+    parser.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in output_dir")
+    parser.add_argument("--resume-from", metavar="CHECKPOINT", help="continue from this checkpoint directory")
+    parser.add_argument("--print-config", action="store_true", help="print the resolved options and exit")
+    args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
+    overrides = list(args.args)
+    path = overrides.pop(0) if overrides and "=" not in overrides[0] else None
+    try:
+        cfg = DistillConfig.load(path, overrides)
+    except (ValueError, OSError) as e:
+        print(f"distilkit distill: {e}", file=sys.stderr)
+        return 2
+    if args.print_config:
+        print(json.dumps(dataclasses.asdict(cfg), indent=2))
+        return 0
+    report = distill(cfg, resume=args.resume_from or args.resume)
+    if init_distributed().main:
+        print(json.dumps(report, indent=2, default=str))
+    if dist.is_initialized():
+        dist.destroy_process_group()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
