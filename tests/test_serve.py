@@ -78,7 +78,7 @@ class Server:
              "--threads", "1", "--log-level", "info", *flags],
             env=environment, stdout=self._log, stderr=subprocess.STDOUT)
 
-    def wait_ready(self, timeout: float = 90.0) -> "Server":
+    def wait_ready(self, timeout: float = 240.0) -> "Server":
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -383,6 +383,15 @@ def test_limits(servers):
     error_of(qa.post("/score", content=chunks()), 413, "payload_too_large", "body")
 
 
+def test_body_that_never_arrives_is_408(servers):
+    qa = servers["qa"]  # --timeout-s 1.5
+    with socket.create_connection(("127.0.0.1", qa.port), timeout=10) as s:
+        s.sendall(b"POST /score HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                  b"Content-Length: 100\r\n\r\n{\"input_data\"")
+        head = s.recv(4096)  # answered at the deadline, body still incomplete
+    assert head.startswith(b"HTTP/1.1 408"), head
+
+
 def test_request_timeout_is_504(servers):
     qa = servers["qa"]
     before = qa.metric("distilkit_dropped_requests_total", reason="timeout")
@@ -508,6 +517,35 @@ def test_sigterm_finishes_the_request_in_flight(servers, local):
     assert r.status_code == 200, r.text
     close(r.json(), local("tc")(text))
     assert server.proc.wait(20) == 0, server.log()
+
+
+# ---------------------------------------------------------------------------------------- in process
+def test_app_loads_its_model_in_the_background(models, tmp_path):
+    from fastapi.testclient import TestClient
+
+    from distilkit.serve import ServeConfig, create_app
+
+    with TestClient(create_app(ServeConfig(task="sentiment-analysis", model=str(models["tc"])))) as client:
+        deadline = time.monotonic() + 120
+        while (r := client.get("/ready")).status_code != 200:
+            assert r.json()["status"] == "loading" and time.monotonic() < deadline, r.json()
+            time.sleep(0.1)
+        assert client.post("/score", json={"input_data": ["I love it"]}).status_code == 200
+    with TestClient(create_app(ServeConfig(task="fill-mask", model=str(tmp_path / "missing")))) as client:
+        deadline = time.monotonic() + 60
+        while (r := client.get("/ready")).json()["status"] == "loading":
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        assert r.status_code == 503 and r.json()["status"] == "failed"
+        error_of(client.post("/score", json={"inputs": "a [MASK]"}), 503, "not_ready")
+        assert client.get("/health").status_code == 200
+
+
+def test_bad_model_exits_with_the_reason(tmp_path):
+    from distilkit.serve.__main__ import main
+
+    assert main(["--task", "fill-mask", "--model", str(tmp_path / "missing"), "--port", str(free_port())]) == 1
+    assert main(["--task", "fill-mask", "--max-inputs", "0"]) == 2
 
 
 # ---------------------------------------------------------------------------------------- schemas (pure)

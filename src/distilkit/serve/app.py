@@ -24,6 +24,7 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 from pydantic import BaseModel, TypeAdapter
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from .. import __version__
 from ..errors import InputError
@@ -244,7 +245,7 @@ def create_app(config: ServeConfig, task: Any | None = None) -> FastAPI:
     async def score(request: Request, pipeline_only: bool) -> Response:
         _authorize(request, config.api_key)
         t, batcher = state.require_ready()
-        body = await _read_json(request, config.max_body_bytes)
+        body = await _read_json(request, config.max_body_bytes, config.timeout_s)
         try:
             inputs, params, shape = parse_request(name, body, pipeline_only=pipeline_only)
         except InputError as e:
@@ -276,6 +277,7 @@ def create_app(config: ServeConfig, task: Any | None = None) -> FastAPI:
     responses: dict[int | str, dict[str, Any]] = {
         400: {"model": ErrorBody, "description": "Malformed JSON"},
         401: {"model": ErrorBody, "description": "Missing or wrong API key (when the server has one)"},
+        408: {"model": ErrorBody, "description": "The body did not arrive within --timeout-s"},
         413: {"model": ErrorBody, "description": "Body over --max-body-bytes"},
         422: {"model": ErrorBody, "description": "Wrong shape or type, unknown parameter, too many inputs, "
                                                  "text too long, missing mask token ... (`field` names it)"},
@@ -357,15 +359,21 @@ def _reject_constant(name: str):
     raise ValueError(f"{name} is not valid JSON")
 
 
-async def _read_json(request: Request, limit: int) -> Any:
+async def _read_json(request: Request, limit: int, timeout_s: float) -> Any:
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise ApiError(413, "payload_too_large", f"the body is {declared} bytes, over the limit of {limit}", "body")
     body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > limit:
-            raise ApiError(413, "payload_too_large", f"the body is over the limit of {limit} bytes", "body")
+    try:
+        async with asyncio.timeout(timeout_s):  # a client trickling its body in holds no slot forever
+            async for chunk in request.stream():
+                body += chunk
+                if len(body) > limit:
+                    raise ApiError(413, "payload_too_large", f"the body is over the limit of {limit} bytes", "body")
+    except TimeoutError:
+        raise ApiError(408, "request_timeout", f"the body did not arrive within {timeout_s:g} s", "body") from None
+    except ClientDisconnect:
+        raise ApiError(CLIENT_CLOSED, "client_closed", "the client left while sending its body") from None
     if not body.strip():
         raise ApiError(400, "invalid_json", "the request body is empty; send a JSON object", "body")
     try:
