@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import importlib.util
 import json
 import sys
 from typing import Sequence
@@ -24,10 +23,13 @@ TASK_NAMES = ["question-answering", "fill-mask", "text-classification", "token-c
 
 
 def _spec(module: str) -> bool:
-    try:
-        return importlib.util.find_spec(module) is not None
-    except ModuleNotFoundError:
-        return False
+    """Whether a subcommand's module is installed, without importing anything: find_spec on a
+    submodule would import its parent packages (distilkit.train imports torch)."""
+    from pathlib import Path
+
+    rel = Path(*module.split(".")[1:])
+    root = Path(__file__).parent
+    return (root / rel).with_suffix(".py").is_file() or (root / rel / "__init__.py").is_file()
 
 
 def build_parser() -> argparse.ArgumentParser:
