@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -208,9 +209,17 @@ def test_two_processes_under_torchrun_equal_one(tmp_path, checkpoint):
            "train_file=ner.txt", f"output_dir={out}", "batch_size=2", "grad_accum=1", "max_steps=4", "lr=3e-3",
            "warmup_steps=2", "log_every=1", "progress=false", "plot=false", "precision=fp32", "max_seq_len=48",
            "dropout=0", "num_threads=1"]
-    run = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
-    assert run.returncode == 0, run.stderr[-3000:]
-    assert "2 process(es)" in run.stderr
+    # Its own session, so that a timeout takes the workers down with the launcher.
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        _, stderr = proc.communicate(timeout=300)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        _, stderr = proc.communicate()
+        pytest.fail(f"torchrun did not finish in 300 s:\n{stderr[-3000:]}")
+    assert proc.returncode == 0, stderr[-3000:]
+    assert "2 process(es)" in stderr
     one, two = losses(Path(single.output_dir)), losses(out)
     assert sorted(two) == [1, 2, 3, 4]
     for step in one:
