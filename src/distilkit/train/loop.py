@@ -394,8 +394,10 @@ def plot_curves(metrics_file: Path, out: Path) -> Path | None:
     axes[0].set_xlabel("step")
     axes[0].set_title("loss")
     axes[0].legend()
-    names = [k for k in (evals[0] if evals else {}) if k not in ("type", "step", "epoch", "eval_loss", "seconds")
-             and isinstance(evals[0][k], (int, float))]
+    # Scores only: counts and thresholds (support, HasAns_total, best_f1_thresh...) would squash the axis.
+    skip = ("support", "total", "thresh", "seconds", "count", "tokens", "texts")
+    names = [k for k in (evals[0] if evals else {}) if k not in ("type", "step", "epoch", "eval_loss")
+             and not any(word in k for word in skip) and isinstance(evals[0][k], (int, float))]
     for name in names[:6]:
         axes[1].plot([r["step"] for r in evals], [r[name] for r in evals], "o-", label=name)
     axes[1].set_xlabel("step")
