@@ -1,8 +1,8 @@
 """Load test of `distilkit serve` on loopback: dynamic batching vs a batch size of 1.
 
-Starts the server twice in a subprocess on a free 127.0.0.1 port — once with the default dynamic
-batching, once with --max-batch-size 1 — and drives each with N concurrent keep-alive clients
-for a fixed time (a minimal asyncio HTTP/1.1 client, so that the client costs little of the
+Starts two servers in subprocesses on free 127.0.0.1 ports — one with the default dynamic
+batching, one with --max-batch-size 1 — and drives each in turn, in alternating rounds, with N
+concurrent keep-alive clients for a fixed time (a minimal asyncio HTTP/1.1 client, so that the client costs little of the
 machine's CPU). Prints throughput, p50/p99 latency and the error count of each run and the ratio.
 
 No weights can be downloaded here: without --model the server loads a randomly initialised
@@ -29,7 +29,6 @@ import os
 import random
 import shutil
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -164,10 +163,10 @@ async def _one(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, port:
     return status, await reader.readexactly(length)
 
 
-async def _client(port: int, bodies: list[bytes], start: int, stop_at: float, record: bool,
+async def _client(port: int, conn: tuple, bodies: list[bytes], start: int, stop_at: float, record: bool,
                   latencies: list[float], errors: list[str]) -> None:
     loop = asyncio.get_running_loop()
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    reader, writer = conn
     i = start
     try:
         while loop.time() < stop_at:
@@ -190,42 +189,50 @@ async def _client(port: int, bodies: list[bytes], start: int, stop_at: float, re
         writer.close()
 
 
-async def load(port: int, bodies: list[bytes], clients: int, seconds: float, warmup: float) -> dict:
+async def measure(port: int, bodies: list[bytes], clients: int, seconds: float, record: bool = True) -> dict:
+    """`clients` concurrent keep-alive clients for `seconds`: latencies of the 200s, and errors.
+    Connections are opened first: the clock measures serving, not connection set-up."""
     loop = asyncio.get_running_loop()
-    # Warm-up: the same load, not recorded (first batches, allocator, caches).
-    await asyncio.gather(*(_client(port, bodies, i * 7, loop.time() + warmup, False, [], [])
-                           for i in range(clients)))
+    conns = await asyncio.gather(*(asyncio.open_connection("127.0.0.1", port) for _ in range(clients)))
     latencies: list[float] = []
     errors: list[str] = []
     t0 = time.perf_counter()
     stop_at = loop.time() + seconds
-    await asyncio.gather(*(_client(port, bodies, i * 7, stop_at, True, latencies, errors) for i in range(clients)))
-    elapsed = time.perf_counter() - t0
-    latencies.sort()
+    await asyncio.gather(*(_client(port, conn, bodies, i * 7, stop_at, record, latencies, errors)
+                           for i, conn in enumerate(conns)))
+    return {"latencies": latencies, "errors": errors, "seconds": time.perf_counter() - t0}
+
+
+def summarize(rounds: list[dict]) -> dict:
+    latencies = sorted(x for r in rounds for x in r["latencies"])
+    errors = [e for r in rounds for e in r["errors"]]
+    seconds = sum(r["seconds"] for r in rounds)
 
     def pct(q: float) -> float:
-        return latencies[min(len(latencies) - 1, int(q * len(latencies)))] * 1000 if latencies else float("nan")
+        return round(latencies[min(len(latencies) - 1, int(q * len(latencies)))] * 1000, 1) if latencies else float("nan")
 
-    return {"requests": len(latencies), "seconds": round(elapsed, 2), "rps": round(len(latencies) / elapsed, 1),
-            "p50_ms": round(pct(0.50), 1), "p99_ms": round(pct(0.99), 1),
-            "mean_ms": round(statistics.fmean(latencies) * 1000, 1) if latencies else None,
+    return {"requests": len(latencies), "seconds": round(seconds, 2), "rps": round(len(latencies) / seconds, 1),
+            "p50_ms": pct(0.50), "p99_ms": pct(0.99),
+            "round_rps": [round(len(r["latencies"]) / r["seconds"], 1) for r in rounds],
             "errors": len(errors), "error_examples": sorted(set(errors))[:3]}
 
 
-def batch_stats(port: int) -> dict:
+def batch_stats(port: int, since: dict | None = None) -> dict:
+    """Batches run and requests per batch from the server's metrics (since an earlier reading)."""
     with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
         s.sendall(b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
         data = b""
         while chunk := s.recv(65536):
             data += chunk
-    values = {}
+    values = {"sum": 0.0, "count": 0.0}
     for line in data.decode().splitlines():
-        for name in ("distilkit_batch_requests_sum", "distilkit_batch_requests_count"):
-            if line.startswith(name + " "):
-                values[name] = float(line.split()[1])
-    count = values.get("distilkit_batch_requests_count", 0)
-    return {"batches": int(count),
-            "mean_batch": round(values.get("distilkit_batch_requests_sum", 0) / count, 2) if count else None}
+        for key in values:
+            if line.startswith(f"distilkit_batch_requests_{key} "):
+                values[key] = float(line.split()[1])
+    if since:
+        values = {k: v - since["_raw"][k] for k, v in values.items()}
+    count = int(values["count"])
+    return {"batches": count, "mean_batch": round(values["sum"] / count, 2) if count else None, "_raw": values}
 
 
 # ---------------------------------------------------------------------------------------- main
@@ -235,8 +242,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--model", default=None, help="checkpoint directory (default: a random one of --size)")
     ap.add_argument("--size", default="small", choices=sorted(SIZES))
     ap.add_argument("--clients", type=int, default=32)
-    ap.add_argument("--duration", type=float, default=15.0, help="seconds of measured load per run")
-    ap.add_argument("--warmup", type=float, default=3.0, help="seconds of unmeasured load before each run")
+    ap.add_argument("--duration", type=float, default=15.0, help="seconds of measured load per server")
+    ap.add_argument("--rounds", type=int, default=3, help="measured rounds per server, alternating")
+    ap.add_argument("--warmup", type=float, default=3.0, help="seconds of unmeasured load per server first")
     ap.add_argument("--threads", type=int, default=None, help="torch threads in the server")
     ap.add_argument("--max-batch-size", type=int, default=64, help="the dynamic run's --max-batch-size")
     ap.add_argument("--max-wait-ms", type=float, default=5.0)
@@ -252,27 +260,42 @@ def main(argv: list[str] | None = None) -> int:
             "dynamic": ["--max-batch-size", str(args.max_batch_size), "--max-wait-ms", str(args.max_wait_ms)],
             "batch-1": ["--max-batch-size", "1"],
         }
-        results = {}
-        for name, flags in runs.items():
-            port = free_port()
-            proc = start_server(args.task, model, port, flags + threads, workdir / f"{name}.log")
-            try:
-                results[name] = asyncio.run(load(port, bodies, args.clients, args.duration, args.warmup))
-                results[name].update(batch_stats(port))
-            finally:
+        # Both servers stay up; measured rounds alternate between them, so that a change in the
+        # machine's load (it is shared) affects both sides alike.
+        ports, procs = {}, {}
+        try:
+            for name, flags in runs.items():
+                ports[name] = free_port()
+                procs[name] = start_server(args.task, model, ports[name], flags + threads, workdir / f"{name}.log")
+            for name in runs:  # warm-up: the same load, not recorded (first batches, allocator, caches)
+                asyncio.run(measure(ports[name], bodies, args.clients, args.warmup, record=False))
+            before = {name: batch_stats(ports[name]) for name in runs}
+            rounds: dict[str, list[dict]] = {name: [] for name in runs}
+            for _ in range(args.rounds):
+                for name in runs:
+                    rounds[name].append(asyncio.run(measure(ports[name], bodies, args.clients,
+                                                            args.duration / args.rounds)))
+            results = {name: {**summarize(rounds[name]), **batch_stats(ports[name], before[name])} for name in runs}
+        finally:
+            for proc in procs.values():
                 stop_server(proc)
         ratio = results["dynamic"]["rps"] / results["batch-1"]["rps"] if results["batch-1"]["rps"] else float("inf")
         summary = {"task": args.task, "model": args.model or f"random {args.size}", "clients": args.clients,
-                   "duration_s": args.duration, "cpus": os.cpu_count(), "runs": results, "speedup": round(ratio, 2)}
+                   "duration_s": args.duration, "rounds": args.rounds, "cpus": os.cpu_count(),
+                   "load_average": os.getloadavg(), "runs": results, "speedup": round(ratio, 2)}
+        for r in results.values():
+            r.pop("_raw", None)
         if args.json:
             print(json.dumps(summary))
         else:
-            print(f"{args.task}, {summary['model']}, {args.clients} clients, {args.duration:g} s per run, "
-                  f"{os.cpu_count()} CPUs")
-            print(f"{'run':<9} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7} {'batches':>8} {'mean batch':>11}")
+            print(f"{args.task}, {summary['model']}, {args.clients} clients, {args.duration:g} s per server in "
+                  f"{args.rounds} alternating rounds, {os.cpu_count()} CPUs, load average "
+                  f"{' '.join(f'{x:.1f}' for x in os.getloadavg())}")
+            print(f"{'run':<9} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7} {'batches':>8} {'mean batch':>11}"
+                  f"  req/s per round")
             for name, r in results.items():
                 print(f"{name:<9} {r['rps']:>8} {r['p50_ms']:>8} {r['p99_ms']:>8} {r['errors']:>7} {r['batches']:>8} "
-                      f"{r['mean_batch']!s:>11}")
+                      f"{r['mean_batch']!s:>11}  {r['round_rps']}")
                 for e in r["error_examples"]:
                     print(f"          error: {e}")
             print(f"dynamic / batch-1 throughput: {ratio:.2f}x (target >= 3x, zero errors)")
