@@ -49,6 +49,11 @@ def wordpiece_dir(tmp_path_factory) -> Path:
     tok.train_from_iterator(corpus_lines(), vocab_size=400, min_frequency=1,
                             special_tokens=["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"])
     tok.save_model(str(d))
+    # The trainer orders tokens of equal frequency by hash-map order, which changes from run to run;
+    # sort them so that token ids, and with them every random model's outputs, are the same each run.
+    vocab = (d / "vocab.txt").read_text(encoding="utf-8").splitlines()
+    specials = vocab[:5]
+    (d / "vocab.txt").write_text("\n".join(specials + sorted(vocab[5:])) + "\n", encoding="utf-8")
     _wordpiece_json(d, lowercase=True)
     return d
 
