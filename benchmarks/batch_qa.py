@@ -8,7 +8,9 @@ real model's. Both sides are timed end to end, file in -> file out, model loadin
 
     python benchmarks/batch_qa.py [--limit 5000] [--mode fp32] [--chunk-size 2048] [--skip-reference]
 
-Prints records/s per side, the ratio, and how often the two sides give the same answer.
+Prints records/s per side (wall clock) and records per CPU-second (user + system time of this
+process, all threads: steadier than wall clock on a shared machine), the ratios, and how often the
+two sides give the same answer.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import argparse
 import json
 import os
 import platform
+import resource
 import shutil
 import sys
 import tempfile
@@ -59,29 +62,36 @@ def write_records(path: Path, limit: int) -> int:
     return n
 
 
-def run_distilkit(records: Path, model: Path, out: Path, mode: str, chunk_size: int | None) -> float:
+def cpu_seconds() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+def timed(fn, *args) -> tuple[float, float]:
+    """(wall seconds, CPU seconds) of fn(*args)."""
+    cpu, wall = cpu_seconds(), time.perf_counter()
+    fn(*args)
+    return time.perf_counter() - wall, cpu_seconds() - cpu
+
+
+def run_distilkit(records: Path, model: Path, out: Path, mode: str, chunk_size: int | None) -> None:
     from distilkit.batch import run_batch
 
-    t = time.perf_counter()
     report = run_batch(input=str(records), output=str(out), task="question-answering", model=str(model), mode=mode,
                        chunk_size=chunk_size, overwrite=True, progress="lines", progress_interval=30)
-    seconds = time.perf_counter() - t
     assert report.errors == 0, f"{report.errors} bad records, see {report.errors_path}"
-    return seconds
 
 
-def run_reference(records: Path, model: Path, out: Path) -> float:
+def run_reference(records: Path, model: Path, out: Path) -> None:
     """What a user writes today: load the pipeline, loop over the file, one call per record."""
     import transformers
 
-    t = time.perf_counter()
     qa = transformers.pipeline("question-answering", model=str(model), tokenizer=str(model), device=-1)
     with open(records, encoding="utf-8") as f, open(out, "w", encoding="utf-8") as w:
         for line in f:
             r = json.loads(line)
             result = qa(question=r["question"], context=r["context"])
             w.write(json.dumps({"id": r["id"], "result": result}) + "\n")
-    return time.perf_counter() - t
 
 
 def agreement(a: Path, b: Path) -> tuple[int, int, float]:
@@ -123,13 +133,18 @@ def main(argv: list[str] | None = None) -> int:
           f"({torch.get_num_threads()} threads), transformers {transformers.__version__}, "
           f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores", flush=True)
 
-    ours = run_distilkit(records, model, work / "distilkit.jsonl", args.mode, args.chunk_size)
-    print(f"distilkit batch ({args.mode}): {n / ours:8.1f} records/s  ({ours:.1f}s)", flush=True)
+    print(f"load average before: {os.getloadavg()[0]:.1f}", flush=True)
+    ours, ours_cpu = timed(run_distilkit, records, model, work / "distilkit.jsonl", args.mode, args.chunk_size)
+    print(f"distilkit batch ({args.mode}): {n / ours:7.2f} records/s, {n / ours_cpu:7.2f} records/CPU-s "
+          f"({ours:.1f}s wall, {ours_cpu:.1f}s CPU)", flush=True)
     if args.skip_reference:
         return 0
-    theirs = run_reference(records, model, work / "reference.jsonl")
-    print(f"transformers pipeline loop : {n / theirs:8.1f} records/s  ({theirs:.1f}s)")
-    print(f"ratio: {theirs / ours:.2f}x")
+    print(f"load average between: {os.getloadavg()[0]:.1f}", flush=True)
+    theirs, theirs_cpu = timed(run_reference, records, model, work / "reference.jsonl")
+    print(f"transformers pipeline loop : {n / theirs:7.2f} records/s, {n / theirs_cpu:7.2f} records/CPU-s "
+          f"({theirs:.1f}s wall, {theirs_cpu:.1f}s CPU)")
+    print(f"load average after: {os.getloadavg()[0]:.1f}")
+    print(f"ratio: {theirs / ours:.2f}x wall clock, {theirs_cpu / ours_cpu:.2f}x CPU time")
     same, total, worst = agreement(work / "distilkit.jsonl", work / "reference.jsonl")
     print(f"same answer span on {same}/{total} records; largest score difference there {worst:.1e}")
     if not args.workdir:

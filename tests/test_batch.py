@@ -345,6 +345,38 @@ def test_sigkill_and_resume_gives_every_record_exactly_once(tmp_path, qa_model, 
                 qa_task.run([{"question": r["question"], "context": r["context"]} for r in good]))
 
 
+@pytest.mark.slow  # several process start-ups
+def test_repeated_kills_at_random_moments(tmp_path, qa_model):
+    import random
+
+    rng = random.Random(0)
+    records = qa_records(60)
+    src = write_jsonl(tmp_path / "in.jsonl", records)
+    out = tmp_path / "out.jsonl"
+    args = ["--input", str(src), "--output", str(out), "--task", "qa", "--model", str(qa_model), "--chunk-size", "3",
+            "--progress", "none"]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path), OMP_NUM_THREADS="1")
+    parts = work_dir(out)
+    kills = 0
+    while not out.exists() and kills < 8:
+        # Kill once 0-3 more chunks are committed (0: during start-up), a random moment into the next one.
+        target = len(list(parts.glob("part-*.jsonl"))) + rng.randint(0, 3)
+        proc = subprocess.Popen([sys.executable, "-c", KILLABLE, *args], env=env)
+        deadline = time.monotonic() + 120
+        while proc.poll() is None and len(list(parts.glob("part-*.jsonl"))) < target:
+            assert time.monotonic() < deadline, "the job committed no chunk in time"
+            time.sleep(0.01)
+        time.sleep(rng.uniform(0.0, 0.25))
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+            kills += 1
+        proc.wait()
+    assert kills >= 3
+    report = run_batch(input=str(src), output=str(out), task="qa", model=str(qa_model), chunk_size=3,
+                       progress="none")
+    assert [r["id"] for r in read_jsonl(out)] == [r["id"] for r in records] and report.errors == 0
+
+
 def test_kill_while_joining_the_parts(tmp_path, qa_model, monkeypatch):
     src = write_jsonl(tmp_path / "in.jsonl", qa_records(9))
     out = tmp_path / "out.jsonl"
