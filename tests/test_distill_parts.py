@@ -67,6 +67,31 @@ def test_span_kl_is_the_mean_of_start_and_end_and_ignores_padding():
 
 # ---------------------------------------------------------------------- students
 
+def test_task_loss_weights_and_the_no_distillation_baseline(checkpoint):
+    """a_task * CE + a_ce * T^2 KL; with a_ce = 0 (the baseline) the teacher is never called."""
+    from distilkit.train.distill import DistillConfig, Teacher, task_loss
+    from distilkit.train.losses import sequence_loss
+
+    student = load_model(checkpoint("bert", "sequence-classification", head_scale=5.0))
+    teacher_model = load_model(checkpoint("bert", "sequence-classification", seed=1, head_scale=5.0))
+    batch = {"input_ids": torch.tensor([[2, 40, 41, 3, 0], [2, 50, 51, 52, 3]]),
+             "attention_mask": torch.tensor([[1, 1, 1, 1, 0], [1, 1, 1, 1, 1]]), "labels": torch.tensor([0, 2])}
+    opts = dict(task="text-classification", teacher="unused", train_file="unused", temperature=2.0)
+    with torch.no_grad():
+        s = student(batch["input_ids"], batch["attention_mask"]).logits
+        t = teacher_model(batch["input_ids"], batch["attention_mask"]).logits
+    hard, kl = sequence_loss(s, batch["labels"]), soft_target_kl(s, t, 2.0)
+    loss, logs = task_loss(Teacher(teacher_model, "fp32"), DistillConfig(alpha_task=0.3, alpha_ce=0.7, **opts))(
+        student, batch)
+    assert loss.item() == pytest.approx(float(0.3 * hard + 0.7 * kl), rel=1e-5) and kl > 0
+
+    def no_teacher(*a, **k):
+        raise AssertionError("the teacher ran")
+
+    loss, logs = task_loss(no_teacher, DistillConfig(alpha_task=1.0, alpha_ce=0.0, **opts))(student, batch)
+    assert loss.item() == pytest.approx(float(hard), rel=1e-6) and logs["loss_ce"] == 0
+
+
 def test_default_layers():
     assert default_layers(12, 6) == [0, 2, 4, 6, 8, 10]
     assert default_layers(6, 3) == [0, 2, 4]
