@@ -1,0 +1,115 @@
+"""Agreement of every fast run mode with fp32, on real fine-tuned weights and real test data.
+
+The models are the MiniLM-L6 checkpoints that docs/finetune.md builds (emotion, CoNLL-2003,
+SQuAD v2 split by article); each is also exported to ONNX (fp32 + dynamic int8) in a temporary
+directory. For every mode, on the same inputs:
+
+- text classification (emotion test): label agreement with fp32, accuracy delta;
+- token classification (CoNLL-2003 test): word-tag agreement, entity-F1 delta;
+- question answering (SQuAD v2 half, articles 12-15): exact-span agreement, F1 delta.
+
+    python benchmarks/agreement.py [--modes fp32,bf16,int8,onnx-fp32,onnx-int8] [--qa-limit 0]
+
+Also prints each mode's examples/s on the whole set (one pass, not interleaved: a rough guide;
+benchmarks/speed.py and benchmarks/pipelines.py are the speed measurements).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+ROOT = Path(__file__).resolve().parents[1]
+DATA = Path(os.environ.get("DISTILKIT_DATA", ROOT.parent / "shared" / "data"))
+CACHE = Path("~/.cache/distilkit").expanduser()
+QA_PARAMS = dict(max_seq_len=384, doc_stride=128)
+
+
+def predictions(task_name: str, pipe, records: list[dict]):
+    """(per-example predictions to compare between modes, the task's headline score)."""
+    from distilkit import evaluate as E
+    from distilkit.metrics import classification_report, entity_scores, squad_v2
+
+    if task_name == "text-classification":
+        labels = [o["label"] for o in pipe.run([r["text"] for r in records], truncation=True)]
+        return labels, classification_report([r["label"] for r in records], labels)["accuracy"]
+    if task_name == "token-classification":
+        outputs = pipe.run([" ".join(r["tokens"]) for r in records], aggregation_strategy="none", ignore_labels=[])
+        tags = [E.word_tags(r["tokens"], o) for r, o in zip(records, outputs)]
+        return tags, entity_scores([list(r["tags"]) for r in records], tags)["f1"]
+    preds, na = E.qa_predictions(pipe, records, version_2=True, **QA_PARAMS)
+    return [preds[r["id"]] for r in records], squad_v2(records, preds, na)["f1"] / 100
+
+
+def agreement(task_name: str, a: list, b: list) -> float:
+    if task_name == "token-classification":  # per word
+        pairs = [(x, y) for ta, tb in zip(a, b) for x, y in zip(ta, tb)]
+        return sum(x == y for x, y in pairs) / len(pairs)
+    return sum(x == y for x, y in zip(a, b)) / len(a)
+
+
+TASKS = {  # task -> (checkpoint, data file, range of articles/records, unit of agreement)
+    "text-classification": ("minilm-emotion", "emotion/test.txt", None, "labels"),
+    "token-classification": ("minilm-conll", "conll2003/test.txt", None, "word tags"),
+    "question-answering": ("minilm-squad2", "squad/dev-v2.0-half.json", "12:16", "exact spans"),
+}
+SCORES = {"text-classification": "accuracy", "token-classification": "entity F1", "question-answering": "F1"}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--modes", default="fp32,bf16,int8,onnx-fp32,onnx-int8")
+    ap.add_argument("--tasks", default=",".join(TASKS))
+    ap.add_argument("--limit", type=int, default=0, help="records per task (0: all)")
+    ap.add_argument("--threads", type=int, default=None)
+    args = ap.parse_args(argv)
+
+    import torch
+
+    from distilkit.data.readers import read_records
+    from distilkit.export import export_onnx
+    from distilkit.pipelines import pipeline
+
+    modes = args.modes.split(",")
+    if modes[0] != "fp32":
+        modes.insert(0, "fp32")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} cores", flush=True)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for task_name in args.tasks.split(","):
+            ckpt, data, select, unit = TASKS[task_name]
+            model = CACHE / ckpt
+            if not (model / "config.json").exists():
+                print(f"skip {task_name}: no fine-tuned model at {model} (see docs/finetune.md)", file=sys.stderr)
+                continue
+            records = read_records(task_name, DATA / data, select=select)
+            records = records[:args.limit] if args.limit else records
+            onnx = export_onnx(model, Path(tmp) / ckpt, int8=True) if any(m.startswith("onnx") for m in modes) else None
+            base = None
+            for mode in modes:
+                ref, m = (onnx, mode.removeprefix("onnx-")) if mode.startswith("onnx") else (model, mode)
+                pipe = pipeline(task_name, model=str(ref), mode=m, threads=args.threads)
+                started = time.perf_counter()
+                preds, score = predictions(task_name, pipe, records)
+                seconds = time.perf_counter() - started
+                base = base or (preds, score)
+                rows.append((task_name, mode, len(records), agreement(task_name, base[0], preds), unit,
+                             score, score - base[1], len(records) / seconds))
+                r = rows[-1]
+                print(f"{task_name:21s} {mode:9s} agreement {100 * r[3]:6.2f}% {unit:11s} "
+                      f"{SCORES[task_name]} {r[5]:.4f} ({100 * r[6]:+.2f} points)  {r[7]:7.1f} ex/s", flush=True)
+    print("\n| task | mode | examples | agreement with fp32 | score | delta (points) | examples/s |")
+    print("|---|---|---|---|---|---|---|")
+    for task_name, mode, n, agree, unit, score, delta, speed in rows:
+        print(f"| {task_name} | {mode} | {n} | {100 * agree:.2f}% {unit} | {SCORES[task_name]} {score:.4f} "
+              f"| {100 * delta:+.2f} | {speed:.1f} |")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,57 @@
+"""Every figure of the README in one run: each benchmark in its own process, one after another
+(never two at once: they would share the 2 cores), with the arguments the README quotes.
+
+    python benchmarks/run.py [--only pipelines,speed,agreement,serve,batch] [--quick]
+
+--quick: fewer examples and rounds (minutes instead of tens of minutes; noisier figures).
+Each benchmark prints its own table and ratios; a failing one is reported and the rest still run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+
+#           name          script                  full arguments                          --quick arguments
+BENCHMARKS = [
+    ("pipelines", "pipelines.py", ["--n", "256", "--rounds", "3"], ["--n", "64", "--rounds", "2"]),
+    ("speed", "speed.py", ["--batch", "8", "--tokens", "128", "--rounds", "5"], ["--rounds", "2"]),
+    ("agreement", "agreement.py", [], ["--limit", "200"]),
+    ("serve", "serve_load.py", ["--task", "text-classification", "--clients", "32", "--duration", "15"],
+     ["--task", "text-classification", "--duration", "5", "--rounds", "1"]),
+    ("batch", "batch_qa.py", ["--limit", "1000"], ["--limit", "200"]),
+]
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--only", default=",".join(b[0] for b in BENCHMARKS))
+    ap.add_argument("--quick", action="store_true")
+    args = ap.parse_args(argv)
+    wanted = args.only.split(",")
+    unknown = set(wanted) - {b[0] for b in BENCHMARKS}
+    if unknown:
+        ap.error(f"unknown benchmark(s): {', '.join(sorted(unknown))}")
+    failed = []
+    for name, script, full, quick in BENCHMARKS:
+        if name not in wanted:
+            continue
+        cmd = [sys.executable, str(HERE / script), *(quick if args.quick else full)]
+        print(f"\n=== {name}: {' '.join(cmd[1:])}", flush=True)
+        started = time.perf_counter()
+        rc = subprocess.call(cmd)
+        print(f"=== {name}: exit {rc} after {time.perf_counter() - started:.0f}s", flush=True)
+        if rc:
+            failed.append(name)
+    if failed:
+        print(f"\nfailed or missed their targets: {', '.join(failed)}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
