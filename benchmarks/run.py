@@ -24,7 +24,7 @@ BENCHMARKS = [
     ("agreement", "agreement.py", [], ["--limit", "200"]),
     ("serve", "serve_load.py", ["--task", "text-classification", "--clients", "32", "--duration", "15"],
      ["--task", "text-classification", "--duration", "5", "--rounds", "1"]),
-    ("batch", "batch_qa.py", ["--limit", "1000"], ["--limit", "200"]),
+    ("batch", "batch_qa.py", ["--limit", "5000"], ["--limit", "200"]),
 ]
 
 

@@ -45,11 +45,12 @@ def build(workdir: Path) -> tuple[Path, Path]:
     return d, export_onnx(d, workdir / "onnx", int8=True)
 
 
-def encoder_flops(cfg, tokens: int) -> float:
-    """Multiply-adds x 2 of one forward over `tokens` tokens of one sequence length."""
+def encoder_flops(cfg, batch: int, seq: int) -> float:
+    """FLOPs (2 x multiply-adds) of one encoder forward over `batch` sequences of `seq` tokens:
+    projections and feed-forward, plus the attention products (QK^T and AV)."""
     d, f, L = cfg.dim, cfg.ffn_dim, cfg.n_layers
-    per_token = L * (2 * (4 * d * d + 2 * d * f))
-    return per_token * tokens
+    per_token = L * 2 * (4 * d * d + 2 * d * f + 2 * seq * d)
+    return per_token * batch * seq
 
 
 def main(argv=None) -> int:
@@ -99,16 +100,19 @@ def main(argv=None) -> int:
             times[name].append(time.perf_counter() - t)
     n_tok = args.batch * args.tokens
     cfg = load_model(ckpt).cfg
-    flops = encoder_flops(cfg, n_tok)
+    flops = encoder_flops(cfg, args.batch, args.tokens)
     base = statistics.median(times["transformers fp32"])
+    roof = gemm_roofline()
     print(f"\nencoder, batch {args.batch} x {args.tokens} tokens, {torch.get_num_threads()} threads, "
-          f"median of {args.rounds} interleaved rounds")
-    print(f"{'engine':20s} {'tokens/s':>10s} {'GFLOP/s':>9s} {'vs transformers':>16s}")
-    results = {}
+          f"median of {args.rounds} interleaved rounds; 2048^3 GEMM: fp32 {roof['float32']:.0f} GFLOP/s, "
+          f"bf16 {roof['bfloat16']:.0f} GFLOP/s")
+    print(f"{'engine':20s} {'tokens/s':>10s} {'GFLOP/s':>9s} {'of fp32 GEMM':>13s} {'vs transformers':>16s}")
+    results = {"gemm fp32 GFLOP/s": roof["float32"], "gemm bf16 GFLOP/s": roof["bfloat16"]}
     for name, ts in times.items():
         m = statistics.median(ts)
         results[name] = n_tok / m
-        print(f"{name:20s} {n_tok / m:10.0f} {flops / m / 1e9:9.1f} {base / m:15.2f}x")
+        print(f"{name:20s} {n_tok / m:10.0f} {flops / m / 1e9:9.1f} {flops / m / 1e9 / roof['float32']:12.0%} "
+              f"{base / m:15.2f}x")
 
     if not args.skip_cold:
         print("\ncold start to the first answer (fresh process, median of 3):")
@@ -125,6 +129,23 @@ def main(argv=None) -> int:
             print(f"  {label:18s} {statistics.median(runs):.2f} s (process start included)")
     print(json.dumps(results))
     return 0
+
+
+def gemm_roofline(rounds: int = 5) -> dict[str, float]:
+    """GFLOP/s of a 2048^3 matrix product in fp32 and bf16 with torch's threads: what the machine allows."""
+    import torch
+
+    out = {}
+    for dtype in (torch.float32, torch.bfloat16):
+        a, b = torch.randn(2048, 2048, dtype=dtype), torch.randn(2048, 2048, dtype=dtype)
+        a @ b
+        ts = []
+        for _ in range(rounds):
+            t = time.perf_counter()
+            a @ b
+            ts.append(time.perf_counter() - t)
+        out[str(dtype).removeprefix("torch.")] = 2 * 2048 ** 3 / statistics.median(ts) / 1e9
+    return out
 
 
 def _ref_forward(ref, batch):

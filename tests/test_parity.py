@@ -99,6 +99,18 @@ def test_base_checkpoint_gets_a_fresh_head_for_fine_tuning(checkpoint):
     torch.testing.assert_close(model.encoder.pooler.weight, ref.pooler.dense.weight)  # the pretrained pooler is kept
 
 
+@pytest.mark.parametrize("head", ["masked-lm", "question-answering", "sequence-classification",
+                                  "token-classification"])
+def test_every_fresh_head_is_initialised(checkpoint, head):
+    """A fresh head's parameters are initialised, none left as uninitialised memory (the masked-LM
+    bias is a bare parameter, not a module)."""
+    model = load_model(checkpoint("bert", None), head=head)
+    for name, p in model.head.named_parameters():
+        assert torch.isfinite(p).all(), name
+    if head == "masked-lm":
+        assert torch.equal(model.head.bias, torch.zeros_like(model.head.bias))
+
+
 def test_unknown_key_is_named(checkpoint, tmp_path):
     from safetensors.torch import load_file, save_file
 

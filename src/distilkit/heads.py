@@ -138,3 +138,5 @@ def init_weights(model: nn.Module, std: float) -> None:
         elif isinstance(m, nn.LayerNorm):
             nn.init.ones_(m.weight)
             nn.init.zeros_(m.bias)
+        elif isinstance(m, MaskedLMHead):  # its output bias is a bare parameter
+            nn.init.zeros_(m.bias)
