@@ -14,7 +14,7 @@ import numpy as np
 # Padded tokens per forward pass. On a CPU, batches past ~2k tokens run slower, not faster: the
 # activations (tokens x ffn_dim x 4 bytes) leave the L3 cache and the element-wise passes become
 # memory-bound (measured: 64 SQuAD questions, 1024 -> 6.0 s, 8192 -> 10.0 s). GPUs want big batches.
-DEFAULT_MAX_TOKENS = {"cpu": 1024, "cuda": 16384}
+DEFAULT_MAX_TOKENS = {"cpu": 1024, "cuda": 16384}  # tasks plan batches under these; Runtime slices bigger CPU batches
 DEFAULT_MAX_BATCH = 64
 
 

@@ -63,7 +63,7 @@ def pipeline(
     if not isinstance(model, (str, os.PathLike)):  # an in-memory Model
         if tokenizer is None:
             raise ValueError("pass tokenizer= along with an in-memory model")
-        runtime = _torch_runtime(model, device, mode, threads)
+        runtime = _torch_runtime(model, device, mode, threads, max_tokens=max_tokens)
     else:
         path = resolve(model)
         tokenizer = tokenizer if tokenizer is not None else path
@@ -74,13 +74,14 @@ def pipeline(
         else:
             from .checkpoint import load_model
 
-            runtime = _torch_runtime(load_model(path, head=cls.head), device, mode, threads)
+            runtime = _torch_runtime(load_model(path, head=cls.head), device, mode, threads, max_tokens=max_tokens,
+                                     owned=True)
     if isinstance(tokenizer, (str, Path)):
         tokenizer = Tokenizer.from_pretrained(resolve(tokenizer))
     return cls(runtime, tokenizer, max_tokens=max_tokens, max_batch=max_batch, **options)
 
 
-def _torch_runtime(model, device, mode, threads):
+def _torch_runtime(model, device, mode, threads, max_tokens=None, owned=False):
     from .runtime import Runtime
 
-    return Runtime(model, device=device, mode=mode, threads=threads)
+    return Runtime(model, device=device, mode=mode, threads=threads, max_tokens=max_tokens, owned=owned)

@@ -1,6 +1,6 @@
 """Where a model runs: device, precision mode and threads, behind one `forward` contract.
 
-Modes: "fp32" (the reference numerics), "bf16" (autocast; CPUs with AVX512-BF16/AMX and GPUs) and
+Modes: "fp32" (the reference numerics), "bf16" (bf16 linear layers under autocast; CPUs with AVX512-BF16/AMX and GPUs) and
 "int8" (dynamic quantization of the linear layers, CPU). Tasks hand in numpy batches and get
 float32 numpy logits back; they never touch torch.
 """
@@ -8,18 +8,25 @@ float32 numpy logits back; they never touch torch.
 from __future__ import annotations
 
 import contextlib
+import copy
 
 import numpy as np
 import torch
 
+from .batching import DEFAULT_MAX_TOKENS
 from .heads import Model
 
 MODES = ("fp32", "bf16", "int8")
 
 
 class Runtime:
+    """owned: the runtime may change `model` in place (bf16 casts its linear layers once, instead of
+    autocast casting every weight on every call); otherwise it works on a copy and leaves `model` as it is.
+    max_tokens: padded tokens per forward pass above which a batch runs in slices of rows (default:
+    batching.DEFAULT_MAX_TOKENS for the device, 1024 on a CPU; 0 turns slicing off)."""
+
     def __init__(self, model: Model, device: str | torch.device | None = None, mode: str = "fp32",
-                 threads: int | None = None):
+                 threads: int | None = None, owned: bool = False, max_tokens: int | None = None):
         if mode not in MODES:
             raise ValueError(f"unknown mode {mode!r}; expected one of {MODES}")
         device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -30,7 +37,15 @@ class Runtime:
         model = model.eval().to(device)
         if mode == "int8":
             model = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
+        elif mode == "bf16":
+            # The values autocast would compute (it rounds each weight to bf16 the same way), without
+            # re-casting ~all the parameters on every forward; layer norms and embeddings stay fp32.
+            model = model if owned else copy.deepcopy(model)
+            for m in model.modules():
+                if isinstance(m, torch.nn.Linear):
+                    m.to(torch.bfloat16)
         self.model = model
+        self.max_tokens = max_tokens if max_tokens is not None else DEFAULT_MAX_TOKENS.get(device.type, 0)
         self.cfg = model.cfg
         self.device = device
         self.mode = mode
@@ -41,7 +56,26 @@ class Runtime:
         return contextlib.nullcontext()
 
     def forward(self, batch: dict[str, np.ndarray], positions: np.ndarray | None = None) -> np.ndarray:
-        """Logits of the model's head as float32 numpy. positions: masked-LM rows to project, (N,)."""
+        """Logits of the model's head as float32 numpy. positions: masked-LM rows to project, indices
+        into the flattened (B*T) tokens. On a CPU a batch of more than `max_tokens` padded tokens runs
+        as consecutive slices of rows: the same logits, faster (see batching.DEFAULT_MAX_TOKENS)."""
+        B, T = batch["input_ids"].shape
+        rows = max(1, self.max_tokens // T) if self.max_tokens else B
+        if rows >= B:
+            return self._forward(batch, positions)
+        if positions is None:
+            return np.concatenate([self._forward({k: v[r:r + rows] for k, v in batch.items()}, None)
+                                   for r in range(0, B, rows)])
+        out = None
+        for r in range(0, B, rows):
+            mine = np.nonzero((positions >= r * T) & (positions < (r + rows) * T))[0]
+            if len(mine):  # a slice without asked-for positions costs nothing
+                logits = self._forward({k: v[r:r + rows] for k, v in batch.items()}, positions[mine] - r * T)
+                out = out if out is not None else np.empty((len(positions), logits.shape[1]), logits.dtype)
+                out[mine] = logits
+        return out if out is not None else self._forward(batch, positions)
+
+    def _forward(self, batch: dict[str, np.ndarray], positions: np.ndarray | None) -> np.ndarray:
         with torch.inference_mode(), self._autocast():
             t = {k: torch.from_numpy(v).to(self.device) for k, v in batch.items()}
             if self.cfg.type_vocab_size == 0:

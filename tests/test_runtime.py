@@ -1,0 +1,66 @@
+"""Run modes of the torch runtime: what each computes, and that a caller's model is left alone."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from distilkit.checkpoint import load_model
+from distilkit.pipelines import pipeline
+from distilkit.runtime import Runtime
+
+
+def batch() -> dict[str, np.ndarray]:
+    ids = np.array([[2, 40, 41, 42, 3, 0, 0], [2, 50, 51, 52, 53, 54, 3]], dtype=np.int64)
+    return {"input_ids": ids, "attention_mask": (ids != 0).astype(np.int64)}
+
+
+@pytest.mark.parametrize("family,head", [("distilbert", "question-answering"), ("bert", "sequence-classification"),
+                                         ("roberta", "token-classification")])
+def test_bf16_equals_autocast_and_leaves_the_callers_model_alone(checkpoint, family, head):
+    model = load_model(checkpoint(family, head))
+    b = batch()
+    if family == "roberta":
+        b["input_ids"][b["input_ids"] == 0] = 1  # RoBERTa's padding id
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        want = model(torch.from_numpy(b["input_ids"]), torch.from_numpy(b["attention_mask"])).logits.float().numpy()
+    got = Runtime(model, mode="bf16").forward(b)
+    np.testing.assert_array_equal(got, want)  # the linear layers cast once give autocast's very values
+    assert {p.dtype for p in model.parameters()} == {torch.float32}  # a copy was cast, not the caller's model
+
+
+def test_bf16_and_int8_stay_close_to_fp32(checkpoint):
+    ckpt = checkpoint("distilbert", "sequence-classification", head_scale=5.0)
+    texts = ["My name is John and I live in Seattle.", "Today is a beautiful day!", "Who is the CEO?"]
+    reference = pipeline("text-classification", model=str(ckpt)).run(texts, top_k=None)
+    for mode in ("bf16", "int8"):
+        task = pipeline("text-classification", model=str(ckpt), mode=mode)
+        assert task.runtime.mode == mode
+        for want, got in zip(reference, task.run(texts, top_k=None)):
+            scores = {r["label"]: r["score"] for r in got}
+            for r in want:
+                assert scores[r["label"]] == pytest.approx(r["score"], abs=0.05), mode
+
+
+def test_unknown_mode_and_int8_off_cpu_are_refused(checkpoint):
+    model = load_model(checkpoint("distilbert", "question-answering"))
+    with pytest.raises(ValueError, match="unknown mode"):
+        Runtime(model, mode="fp8")
+    with pytest.raises(ValueError, match="CPU only"):
+        Runtime(model, device="cuda", mode="int8")
+
+
+@pytest.mark.parametrize("head", ["masked-lm", "question-answering"])
+def test_big_cpu_batches_run_in_slices_with_the_same_logits(checkpoint, head):
+    model = load_model(checkpoint("distilbert", head))
+    ids = np.random.default_rng(0).integers(5, 300, size=(5, 12))
+    ids[:, 0], ids[:, -1], ids[3, 8:] = 2, 3, 0
+    b = {"input_ids": ids, "attention_mask": (ids != 0).astype(np.int64)}
+    whole, sliced = Runtime(model, max_tokens=0), Runtime(model, max_tokens=24)  # slices of 2 rows
+    positions = [None] if head != "masked-lm" else [None, np.array([50, 3, 13, 59, 14])]  # unsorted; none in rows 2-3
+    for pos in positions:
+        want = whole.forward(b, pos)
+        got = sliced.forward(b, pos)
+        assert got.shape == want.shape
+        np.testing.assert_allclose(got, want, atol=1e-5, rtol=1e-5)
