@@ -11,7 +11,6 @@ chosen teacher layers (student_layers), from an existing checkpoint (student), o
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import dataclasses
 import gzip
@@ -29,7 +28,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from .distill_losses import hidden_cosine, masked_lm, soft_target_kl, span_kl
-from .finetune import DEFAULT_METRICS, FinetuneConfig, build_features, flat_metrics, read_split, score
+from .finetune import DEFAULT_METRICS, FinetuneConfig, build_features, flat_metrics, read_split, recipe_main, score
 from .loop import build_config, fit, init_distributed, seed_everything
 from .losses import forward, sequence_loss, span_loss, token_loss
 
@@ -354,30 +353,8 @@ def format_comparison(c: dict[str, Any]) -> str:
 
 # ---------------------------------------------------------------------- command line
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="distilkit distill",
-        description="Distil a student from a teacher: a YAML recipe (configs/distill/*.yaml) and key=value overrides.")
-    parser.add_argument("args", nargs="*", metavar="CONFIG.yaml | key=value")
-    parser.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in output_dir")
-    parser.add_argument("--resume-from", metavar="CHECKPOINT", help="continue from this checkpoint directory")
-    parser.add_argument("--print-config", action="store_true", help="print the resolved options and exit")
-    args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
-    overrides = list(args.args)
-    path = overrides.pop(0) if overrides and "=" not in overrides[0] else None
-    try:
-        cfg = DistillConfig.load(path, overrides)
-    except (ValueError, OSError) as e:
-        print(f"distilkit distill: {e}", file=sys.stderr)
-        return 2
-    if args.print_config:
-        print(json.dumps(dataclasses.asdict(cfg), indent=2))
-        return 0
-    report = distill(cfg, resume=args.resume_from or args.resume)
-    if init_distributed().main:
-        print(json.dumps(report, indent=2, default=str))
-    if dist.is_initialized():
-        dist.destroy_process_group()
-    return 0
+    return recipe_main(argv, "distilkit distill", "Distil a student from a teacher: a YAML recipe "
+                       "(configs/distill/*.yaml) and key=value overrides.", DistillConfig, distill)
 
 
 if __name__ == "__main__":

@@ -196,44 +196,45 @@ def finetune(cfg: FinetuneConfig, resume: bool | str = False) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------- command line
-def _options_help() -> str:
+def _options_help(config_cls: type) -> str:
     rows = []
-    hints = {f.name: f.type for f in dataclasses.fields(FinetuneConfig)}
-    for f in dataclasses.fields(FinetuneConfig):
+    for f in dataclasses.fields(config_cls):
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
-        rows.append(f"  {f.name} ({str(hints[f.name]).replace('typing.', '')}, default {default!r})")
+        rows.append(f"  {f.name} ({str(f.type).replace('typing.', '')}, default {default!r})")
     return "options (YAML keys and key=value overrides):\n" + "\n".join(rows)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="distilkit finetune",
-        description="Fine-tune a model from a YAML recipe (configs/*.yaml), with key=value overrides.",
-        epilog=_options_help(), formatter_class=argparse.RawDescriptionHelpFormatter)
+def recipe_main(argv: Sequence[str] | None, prog: str, description: str, config_cls: type, run) -> int:
+    """The command line of a recipe runner (finetune, distill): CONFIG.yaml, then key=value overrides."""
+    parser = argparse.ArgumentParser(prog=prog, description=description, epilog=_options_help(config_cls),
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("args", nargs="*", metavar="CONFIG.yaml | key=value",
                         help="a recipe, then overrides (e.g. model=/path/to/model epochs=2)")
     parser.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in output_dir")
     parser.add_argument("--resume-from", metavar="CHECKPOINT", help="continue from this checkpoint directory")
     parser.add_argument("--print-config", action="store_true", help="print the resolved options and exit")
     args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
-    path = None
     overrides = list(args.args)
-    if overrides and "=" not in overrides[0]:
-        path = overrides.pop(0)
+    path = overrides.pop(0) if overrides and "=" not in overrides[0] else None
     try:
-        cfg = FinetuneConfig.load(path, overrides)
+        cfg = config_cls.load(path, overrides)
     except (ValueError, OSError) as e:
-        print(f"distilkit finetune: {e}", file=sys.stderr)
+        print(f"{prog}: {e}", file=sys.stderr)
         return 2
     if args.print_config:
         print(json.dumps(dataclasses.asdict(cfg), indent=2))
         return 0
-    report = finetune(cfg, resume=args.resume_from or args.resume)
+    report = run(cfg, resume=args.resume_from or args.resume)
     if init_distributed().main:
         print(json.dumps(report, indent=2, default=str))
     if dist.is_initialized():
         dist.destroy_process_group()
     return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return recipe_main(argv, "distilkit finetune", "Fine-tune a model from a YAML recipe (configs/*.yaml), "
+                       "with key=value overrides.", FinetuneConfig, finetune)
 
 
 if __name__ == "__main__":
