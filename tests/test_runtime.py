@@ -17,7 +17,7 @@ def batch() -> dict[str, np.ndarray]:
 
 
 @pytest.mark.parametrize("family,head", [("distilbert", "question-answering"), ("bert", "sequence-classification"),
-                                         ("roberta", "token-classification")])
+                                         ("roberta", "token-classification"), ("distilbert", "masked-lm")])
 def test_bf16_equals_autocast_and_leaves_the_callers_model_alone(checkpoint, family, head):
     model = load_model(checkpoint(family, head))
     b = batch()

@@ -28,9 +28,13 @@ class MaskedLMHead(nn.Module):
         self.act = activation(cfg.activation)
         self.norm = nn.LayerNorm(cfg.dim, eps=cfg.norm_eps)
         self.bias = nn.Parameter(torch.zeros(cfg.vocab_size))
+        # A cast copy of the tied word embeddings, set by a runtime that runs the head in bf16 so that
+        # the 23M-value table is not cast again on every call; not a parameter, never saved.
+        self.projection: Tensor | None = None
 
     def forward(self, x: Tensor, word_weight: Tensor) -> Tensor:
-        return F.linear(self.norm(self.act(self.dense(x))), word_weight, self.bias)
+        weight = self.projection if self.projection is not None else word_weight
+        return F.linear(self.norm(self.act(self.dense(x))), weight, self.bias)
 
 
 class SpanHead(nn.Module):

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from .batching import DEFAULT_MAX_TOKENS
-from .heads import Model
+from .heads import MaskedLMHead, Model
 
 MODES = ("fp32", "bf16", "int8")
 
@@ -44,6 +44,8 @@ class Runtime:
             for m in model.modules():
                 if isinstance(m, torch.nn.Linear):
                     m.to(torch.bfloat16)
+            if isinstance(model.head, MaskedLMHead):
+                model.head.projection = model.encoder.embed.word.weight.detach().to(torch.bfloat16)
         self.model = model
         self.max_tokens = max_tokens if max_tokens is not None else DEFAULT_MAX_TOKENS.get(device.type, 0)
         self.cfg = model.cfg
