@@ -51,12 +51,26 @@ class EncoderOutput:
     attentions: tuple[Tensor, ...] | None = None  # n_layers entries of (B, H, T, T)
 
 
+def embedding(n: int, dim: int, padding_idx: int | None = None) -> nn.Embedding:
+    """nn.Embedding initialised as torch does it (N(0, 1), a zero padding row), except on the meta
+    device that checkpoint loading builds on: there torch's initialiser goes through its Python
+    reference ops, whose first call imports torch._dynamo (about a second of cold start) to compute
+    values nobody reads."""
+    weight = torch.empty(n, dim)
+    if weight.device.type != "meta":
+        with torch.no_grad():
+            nn.init.normal_(weight)
+            if padding_idx is not None:
+                weight[padding_idx].zero_()
+    return nn.Embedding(n, dim, padding_idx=padding_idx, _weight=weight)
+
+
 class Embeddings(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        self.word = nn.Embedding(cfg.vocab_size, cfg.dim, padding_idx=cfg.pad_token_id)
-        self.pos = nn.Embedding(cfg.max_positions, cfg.dim)
-        self.token_type = nn.Embedding(cfg.type_vocab_size, cfg.dim) if cfg.type_vocab_size else None
+        self.word = embedding(cfg.vocab_size, cfg.dim, padding_idx=cfg.pad_token_id)
+        self.pos = embedding(cfg.max_positions, cfg.dim)
+        self.token_type = embedding(cfg.type_vocab_size, cfg.dim) if cfg.type_vocab_size else None
         self.norm = nn.LayerNorm(cfg.dim, eps=cfg.norm_eps)
         self.drop = nn.Dropout(cfg.dropout)
         self.pad_token_id = cfg.pad_token_id
