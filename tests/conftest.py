@@ -1,6 +1,6 @@
 """Shared fixtures: tiny random checkpoints written by transformers, with tokenizers trained here.
 
-Nothing is downloaded: tokenizers are trained on a small inline corpus, models are 2-layer,
+Nothing is downloaded: tokenizers come from a small inline corpus (see wordpiece_dir), models are 2-layer,
 dim-32 random initialisations saved with `save_pretrained`, exactly as a user's checkpoint would be.
 """
 
@@ -41,19 +41,15 @@ def corpus_lines() -> list[str]:
 
 @pytest.fixture(scope="session")
 def wordpiece_dir(tmp_path_factory) -> Path:
-    """A small uncased WordPiece tokenizer saved the way transformers saves one."""
-    from tokenizers.implementations import BertWordPieceTokenizer
+    """A small uncased WordPiece tokenizer saved the way transformers saves one.
 
+    Its vocabulary, tests/data/wordpiece-vocab.txt, was trained once on CORPUS * 3 with
+    `tokenizers.implementations.BertWordPieceTokenizer(lowercase=True)` (vocab_size=400,
+    min_frequency=1) and is kept: the trainer breaks ties between equally frequent merges in
+    hash-map order, so a fresh training gives different pieces, ids and random-model outputs on
+    every run."""
     d = tmp_path_factory.mktemp("wordpiece")
-    tok = BertWordPieceTokenizer(lowercase=True)
-    tok.train_from_iterator(corpus_lines(), vocab_size=400, min_frequency=1,
-                            special_tokens=["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"])
-    tok.save_model(str(d))
-    # The trainer orders tokens of equal frequency by hash-map order, which changes from run to run;
-    # sort them so that token ids, and with them every random model's outputs, are the same each run.
-    vocab = (d / "vocab.txt").read_text(encoding="utf-8").splitlines()
-    specials = vocab[:5]
-    (d / "vocab.txt").write_text("\n".join(specials + sorted(vocab[5:])) + "\n", encoding="utf-8")
+    (d / "vocab.txt").write_bytes((ROOT / "tests" / "data" / "wordpiece-vocab.txt").read_bytes())
     _wordpiece_json(d, lowercase=True)
     return d
 

@@ -91,20 +91,38 @@ QUESTIONS = [("Who gave their name to Normandy?", "The Normans"), ("What is the 
              ("What is the weather like?", None), ("Who is the CEO?", None)]
 
 
-def test_squad_v2_uses_the_pipeline_answers_and_null_score_differences(tmp_path, checkpoint):
+def leaning_to_null(ckpt, out, inputs):
+    """The same model with the mean final [CLS] state added to both rows of its QA head, so that the
+    null answer wins: a random head hardly ever lets it."""
+    import transformers as T
+
+    model, tok = T.AutoModelForQuestionAnswering.from_pretrained(ckpt), T.AutoTokenizer.from_pretrained(ckpt)
+    enc = tok([i["question"] for i in inputs], [i["context"] for i in inputs], padding=True,
+              truncation="only_second", max_length=48, return_tensors="pt")
+    with torch.no_grad():
+        cls = model.bert(**enc).last_hidden_state[:, 0].mean(0)
+        model.qa_outputs.weight.add_(torch.stack([cls, cls]) / cls.norm())
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
+
+
+@pytest.mark.parametrize("null", [False, True], ids=["spans-win", "null-wins"])
+def test_squad_v2_uses_the_pipeline_answers_and_null_score_differences(tmp_path, checkpoint, null):
     from distilkit.data.readers import read_squad
     from distilkit.metrics import squad_v2
 
-    ckpt = checkpoint("bert", "question-answering", head_scale=30.0)
     records = read_squad(squad(tmp_path, QUESTIONS))
+    inputs = [{"question": r["question"], "context": r["context"]} for r in records]
+    ckpt = checkpoint("bert", "question-answering", head_scale=30.0)
+    if null:
+        ckpt = leaning_to_null(ckpt, tmp_path / "null", inputs)
     task = pipeline("question-answering", model=str(ckpt))
     params = dict(max_seq_len=48, doc_stride=16)
     preds, na = E.qa_predictions(task, records, version_2=True, **params)
-    inputs = [{"question": r["question"], "context": r["context"]} for r in records]
     with_null = task.run(inputs, handle_impossible_answer=True, **params)
     spans = task.run(inputs, **params)
-    # at least one question each way, so both branches are exercised (the head is scaled up for that)
-    assert {bool(a["answer"]) for a in with_null} == {True, False}
+    assert {bool(a["answer"]) for a in with_null} == {not null}  # the branch this case exercises
     for r, a, s in zip(records, with_null, spans):
         assert preds[r["id"]] == a["answer"]  # the pipeline's own answer
         assert (na[r["id"]] > 0) == (a["answer"] == "")  # the null wins exactly when na_prob > 0
