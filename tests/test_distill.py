@@ -45,6 +45,8 @@ def test_general_distillation_losses_fall_and_student_loads(checkpoint, tmp_path
     assert len(losses) == 40 and sum(losses[-5:]) / 5 < 0.9 * sum(losses[:5]) / 5
     logged = [json.loads(x) for x in (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()]
     assert {"loss_ce", "loss_mlm", "loss_cos"} <= set(logged[-1])
+    for r in (r for r in logged if r["type"] == "train"):  # the parts make up the logged loss
+        assert r["loss"] == pytest.approx(5 * r["loss_ce"] + 2 * r["loss_mlm"] + r["loss_cos"], rel=1e-5)
     student = T.AutoModelForMaskedLM.from_pretrained(report["student"])
     assert student.config.model_type == "distilbert" and student.config.n_layers == 1
 

@@ -531,7 +531,7 @@ def fit(
     losses: list[tuple[int, float]] = []
     evals: list[dict[str, Any]] = []
     best_dir = out_dir / "best" if (out_dir / "best").is_dir() and best is not None else None
-    window = {"examples": 0, "tokens": 0, "time": time.perf_counter(), "loss": 0.0, "steps": 0}
+    window = {"examples": 0, "tokens": 0, "time": time.perf_counter(), "loss": 0.0, "steps": 0, "logs": {}}
     if d.main:
         print(f"training: {len(features)} examples, {steps_per_epoch} steps/epoch, {total} steps, global batch "
               f"{global_batch} ({d.world} process(es) x {o.grad_accum} x {o.batch_size}), {precision} on {device}"
@@ -579,6 +579,8 @@ def fit(
             window["examples"] += len(batch)
             window["loss"] += step_loss
             window["steps"] += 1
+            for key, value in logs_sum.items():  # the loss's parts, averaged over the window like the loss
+                window["logs"][key] = window["logs"].get(key, 0.0) + value
             end_of_epoch = bi + 1 == len(batches)
             done = step >= total
             if step % o.log_every == 0 or done:
@@ -589,11 +591,11 @@ def fit(
                     "grad_norm": float(grad_norm) if grad_norm is not None else None,
                     "examples_per_s": window["examples"] / elapsed,
                     "tokens_per_s": window["tokens"] * d.world / elapsed,
-                    **{k: v for k, v in logs_sum.items()},
+                    **{k: v / window["steps"] for k, v in window["logs"].items()},
                 }
                 recorder.log(record)
                 progress.update(window["steps"], loss=f"{record['loss']:.4f}", ex_s=f"{record['examples_per_s']:.1f}")
-                window = {"examples": 0, "tokens": 0, "time": time.perf_counter(), "loss": 0.0, "steps": 0}
+                window = {"examples": 0, "tokens": 0, "time": time.perf_counter(), "loss": 0.0, "steps": 0, "logs": {}}
             evaluated = False
             if evaluate is not None and ((o.eval_every > 0 and step % o.eval_every == 0)
                                          or (o.eval_every == 0 and end_of_epoch) or done):
