@@ -230,3 +230,17 @@ def test_two_processes_under_torchrun_equal_one(tmp_path, checkpoint):
     w1, w2 = load_file(str(Path(single.output_dir) / "model.safetensors")), load_file(str(out / "model.safetensors"))
     for key in w1:
         torch.testing.assert_close(w1[key], w2[key], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("with_eval", [True, False])
+def test_curves_plot_the_metrics_or_else_the_loss_parts(tmp_path, with_eval):
+    pytest.importorskip("matplotlib")
+    from distilkit.train.loop import plot_curves
+
+    lines = [{"type": "train", "step": s, "loss": 3.0 / s, "loss_ce": 1.0 / s, "loss_mlm": 2.0 / s} for s in (1, 2, 3)]
+    if with_eval:
+        lines.append({"type": "eval", "step": 3, "epoch": 1.0, "accuracy": 0.5, "support": 10})
+    metrics = tmp_path / "metrics.jsonl"
+    metrics.write_text("".join(json.dumps(x) + "\n" for x in lines))
+    out = plot_curves(metrics, tmp_path / "curves.png")
+    assert out is not None and out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -400,8 +400,15 @@ def plot_curves(metrics_file: Path, out: Path) -> Path | None:
              and not any(word in k for word in skip) and isinstance(evals[0][k], (int, float))]
     for name in names[:6]:
         axes[1].plot([r["step"] for r in evals], [r[name] for r in evals], "o-", label=name)
-    axes[1].set_xlabel("step")
     axes[1].set_title("evaluation")
+    parts = [k for k in (train[-1] if train else {}) if k.startswith("loss_")]
+    if not names and parts:  # no evaluation (general distillation): the loss's parts, each on its own scale
+        for name in parts:
+            first = train[0][name] or 1.0
+            axes[1].plot([r["step"] for r in train], [r[name] / first for r in train], label=f"{name} (x {first:.3g})")
+        axes[1].set_title("loss parts, relative to their first value")
+        names = parts
+    axes[1].set_xlabel("step")
     if names:
         axes[1].legend()
     fig.tight_layout()
