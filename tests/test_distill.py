@@ -51,6 +51,19 @@ def test_general_distillation_losses_fall_and_student_loads(checkpoint, tmp_path
     assert student.config.model_type == "distilbert" and student.config.n_layers == 1
 
 
+def test_logged_loss_parts_are_window_means_like_the_loss(checkpoint, tmp_path):
+    text = tmp_path / "corpus.txt"
+    text.write_text("\n".join(CORPUS * 4) + "\n")
+    options = {**_options(tmp_path), "log_every": 3}
+    distill(DistillConfig(task="masked-lm", teacher=str(checkpoint("bert", "masked-lm")), student_n_layers=1,
+                          train_file=str(text), data_dir=".", max_seq_len=32, max_steps=6, **options))
+    logged = [json.loads(x) for x in (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()]
+    train = [r for r in logged if r["type"] == "train"]
+    assert [r["step"] for r in train] == [3, 6]
+    for r in train:
+        assert r["loss"] == pytest.approx(5 * r["loss_ce"] + 2 * r["loss_mlm"] + r["loss_cos"], rel=1e-5)
+
+
 def test_general_distillation_resume_equals_uninterrupted(checkpoint, tmp_path):
     """Masks come from the checkpointed RNG: resuming at step 3 repeats steps 4-6 exactly."""
     import shutil

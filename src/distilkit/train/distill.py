@@ -29,7 +29,7 @@ from torch import Tensor, nn
 
 from .distill_losses import hidden_cosine, masked_lm, soft_target_kl, span_kl
 from .finetune import DEFAULT_METRICS, FinetuneConfig, build_features, flat_metrics, read_split, recipe_main, score
-from .loop import build_config, fit, init_distributed, seed_everything
+from .loop import fit, init_distributed, seed_everything
 from .losses import forward, sequence_loss, span_loss, token_loss
 
 TASK_HEADS = {
@@ -77,10 +77,6 @@ class DistillConfig(FinetuneConfig):
             self.alpha_ce = 5.0 if self.task == "masked-lm" else 0.5
         if self.metric is None and self.task != "masked-lm":
             self.metric = DEFAULT_METRICS[self.task]
-
-    @classmethod
-    def load(cls, path: str | Path | None = None, overrides: Sequence[str] = (), **values: Any) -> "DistillConfig":
-        return build_config(cls, path, overrides, **values)
 
 
 # ---------------------------------------------------------------------- the teacher

@@ -28,7 +28,7 @@ import sys
 import time
 import types
 import typing
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -538,7 +538,10 @@ def fit(
     losses: list[tuple[int, float]] = []
     evals: list[dict[str, Any]] = []
     best_dir = out_dir / "best" if (out_dir / "best").is_dir() and best is not None else None
-    window = {"examples": 0, "tokens": 0, "time": time.perf_counter(), "loss": 0.0, "steps": 0, "logs": {}}
+    def fresh_window() -> dict[str, Any]:  # what the next train log line averages over
+        return {"examples": 0, "tokens": 0, "time": time.perf_counter(), "loss": 0.0, "steps": 0, "logs": {}}
+
+    window = fresh_window()
     if d.main:
         print(f"training: {len(features)} examples, {steps_per_epoch} steps/epoch, {total} steps, global batch "
               f"{global_batch} ({d.world} process(es) x {o.grad_accum} x {o.batch_size}), {precision} on {device}"
@@ -550,7 +553,6 @@ def fit(
             batch = batches[bi]
             parts = micro_batches(batch, d, o.grad_accum)
             loss_sum = torch.zeros((), device=device)
-            logs_sum: dict[str, float] = {}
             for k, part in enumerate(parts):
                 micro = {key: v.to(device, non_blocking=True) for key, v in collate([features[i] for i in part]).items()}
                 weight = len(part) / len(batch)
@@ -561,8 +563,8 @@ def fit(
                 scaled = loss * (weight * d.world)
                 (scaler.scale(scaled) if scaler is not None else scaled).backward()
                 loss_sum += loss.detach().float() * weight
-                for key, value in logs.items():
-                    logs_sum[key] = logs_sum.get(key, 0.0) + float(value) * weight
+                for key, value in logs.items():  # the loss's parts, averaged over the log window like the loss
+                    window["logs"][key] = window["logs"].get(key, 0.0) + float(value) * weight
                 if "attention_mask" in micro:
                     window["tokens"] += int(micro["attention_mask"].sum())
             if scaler is not None:
@@ -586,8 +588,6 @@ def fit(
             window["examples"] += len(batch)
             window["loss"] += step_loss
             window["steps"] += 1
-            for key, value in logs_sum.items():  # the loss's parts, averaged over the window like the loss
-                window["logs"][key] = window["logs"].get(key, 0.0) + value
             end_of_epoch = bi + 1 == len(batches)
             done = step >= total
             if step % o.log_every == 0 or done:
@@ -602,7 +602,7 @@ def fit(
                 }
                 recorder.log(record)
                 progress.update(window["steps"], loss=f"{record['loss']:.4f}", ex_s=f"{record['examples_per_s']:.1f}")
-                window = {"examples": 0, "tokens": 0, "time": time.perf_counter(), "loss": 0.0, "steps": 0, "logs": {}}
+                window = fresh_window()
             evaluated = False
             if evaluate is not None and ((o.eval_every > 0 and step % o.eval_every == 0)
                                          or (o.eval_every == 0 and end_of_epoch) or done):
