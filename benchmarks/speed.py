@@ -6,7 +6,8 @@ in one process because the host is noisy; medians and ratios are printed.
 
     python benchmarks/speed.py [--batch 8] [--tokens 128] [--rounds 5] [--skip-cold]
 
-Engines: transformers fp32 (reference), distilkit fp32 / bf16 / int8 (torch), and, with
+Engines: transformers fp32 (reference), distilkit fp32 / bf16 / int8 (torch; plus fp32 without
+row slicing when the batch exceeds the CPU token budget), and, with
 onnxruntime installed, distilkit's ONNX export fp32 / int8. Cold start: a fresh process from
 `python -c` to the first answer, torch checkpoint vs exported model.
 """
@@ -80,6 +81,9 @@ def main(argv=None) -> int:
     for mode in ("fp32", "bf16", "int8"):
         rt = Runtime(load_model(ckpt), mode=mode)
         engines[f"distilkit {mode}"] = (lambda rt: lambda: rt.forward(batch))(rt)
+    if args.batch * args.tokens > rt.max_tokens:  # what slicing big CPU batches into cache-sized rows gains
+        whole = Runtime(load_model(ckpt), max_tokens=0)
+        engines["distilkit fp32 unsliced"] = lambda: whole.forward(batch)
     try:
         from distilkit.runtime_onnx import OnnxRuntime
 
@@ -106,12 +110,12 @@ def main(argv=None) -> int:
     print(f"\nencoder, batch {args.batch} x {args.tokens} tokens, {torch.get_num_threads()} threads, "
           f"median of {args.rounds} interleaved rounds; 2048^3 GEMM: fp32 {roof['float32']:.0f} GFLOP/s, "
           f"bf16 {roof['bfloat16']:.0f} GFLOP/s")
-    print(f"{'engine':20s} {'tokens/s':>10s} {'GFLOP/s':>9s} {'of fp32 GEMM':>13s} {'vs transformers':>16s}")
+    print(f"{'engine':24s} {'tokens/s':>10s} {'GFLOP/s':>9s} {'of fp32 GEMM':>13s} {'vs transformers':>16s}")
     results = {"gemm fp32 GFLOP/s": roof["float32"], "gemm bf16 GFLOP/s": roof["bfloat16"]}
     for name, ts in times.items():
         m = statistics.median(ts)
         results[name] = n_tok / m
-        print(f"{name:20s} {n_tok / m:10.0f} {flops / m / 1e9:9.1f} {flops / m / 1e9 / roof['float32']:12.0%} "
+        print(f"{name:24s} {n_tok / m:10.0f} {flops / m / 1e9:9.1f} {flops / m / 1e9 / roof['float32']:12.0%} "
               f"{base / m:15.2f}x")
 
     if not args.skip_cold:
