@@ -39,6 +39,15 @@ def corpus_lines() -> list[str]:
     return CORPUS * 3
 
 
+@pytest.fixture
+def one_thread():
+    """torch on one thread for the test (tiny models), restored afterwards."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def wordpiece_dir(tmp_path_factory) -> Path:
     """A small uncased WordPiece tokenizer saved the way transformers saves one.

@@ -7,7 +7,6 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 import transformers as T
 
 from conftest import CORPUS
@@ -16,12 +15,7 @@ from distilkit.train.distill import DistillConfig, distill
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: threads only add noise and overhead
 
 
 def _train_losses(out: Path) -> list[float]:

@@ -18,12 +18,7 @@ CONTEXT = ("The Normans were the people who in the 10th and 11th centuries gave 
            "Paris is the capital of France and its largest city. Alice is sitting on the bench.")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: threads only add noise and overhead
 
 
 def test_word_tags_take_the_first_piece_of_each_word():

@@ -45,12 +45,7 @@ QUESTIONS = [("Who gave their name to Normandy?", "The Normans"), ("What is the 
              ("When did the Normans live?", "10th and 11th centuries"), ("What is the weather like?", None)]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: threads only add noise and overhead
 
 
 def write_data(d: Path) -> Path:
