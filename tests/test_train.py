@@ -109,6 +109,17 @@ def test_cli_prints_the_resolved_config(capsys):
     assert printed["epochs"] == 1 and printed["labels"][0] == "sadness"
 
 
+def test_squad_v1_semantics_leave_out_unanswerable_questions(tmp_path, capsys):
+    from distilkit.train.finetune import read_split
+
+    cfg = tiny_config(tmp_path, "question-answering", tmp_path, version_2_with_negative=False)
+    records = read_split(cfg, cfg.train_file, None)
+    assert [r["question"] for r in records] == [q for q, a in QUESTIONS if a]
+    assert "left out 1 unanswerable of 6 questions" in capsys.readouterr().err
+    v2 = tiny_config(tmp_path, "question-answering", tmp_path, version_2_with_negative=True)
+    assert len(read_split(v2, v2.train_file, None)) == len(QUESTIONS)
+
+
 def test_label_inference_orders_ner_tags():
     recs = [{"tags": ["I-PER", "O", "B-PER", "B-LOC"]}]
     assert infer_labels("token-classification", recs) == ["O", "B-LOC", "B-PER", "I-PER"]

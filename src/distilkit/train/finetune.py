@@ -83,7 +83,16 @@ def read_split(cfg: FinetuneConfig, name: str | None, select: str | None, label_
 
     if not name:
         return None
-    return read_records(cfg.task, cfg.data_path(name), cfg.format, cfg.columns, select, label_names, cfg.hf_config)
+    records = read_records(cfg.task, cfg.data_path(name), cfg.format, cfg.columns, select, label_names, cfg.hf_config)
+    if cfg.task == "question-answering" and not cfg.version_2_with_negative:
+        # SQuAD v1.1 semantics: every question has an answer. Unanswerable ones (v2.0 data) would
+        # teach the model to abstain, which v1.1 inference and scoring never ask of it.
+        answerable = [r for r in records if r["answers"]]
+        if len(answerable) < len(records):
+            print(f"{name}: left out {len(records) - len(answerable)} unanswerable of {len(records)} questions "
+                  "(version_2_with_negative is false)", file=sys.stderr)
+        records = answerable
+    return records
 
 
 def infer_labels(task: str, records: list[dict]) -> list[str]:
