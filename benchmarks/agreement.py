@@ -1,14 +1,19 @@
 """Agreement of every fast run mode with fp32, on real fine-tuned weights and real test data.
 
-The models are the MiniLM-L6 checkpoints that docs/finetune.md builds (emotion, CoNLL-2003,
-SQuAD v2 split by article); each is also exported to ONNX (fp32 + dynamic int8) in a temporary
-directory. For every mode, on the same inputs:
+The models are the MiniLM-L6 checkpoints that docs/finetune.md builds (emotion, CoNLL-2003, and
+extractive QA trained with SQuAD v1.1 semantics on the answerable questions of articles 0-11 of the
+SQuAD v2 half); each is also exported to ONNX (fp32 + dynamic int8) in a temporary directory. For
+every mode, on the same inputs:
 
 - text classification (emotion test): label agreement with fp32, accuracy delta;
 - token classification (CoNLL-2003 test): word-tag agreement, entity-F1 delta;
-- question answering (SQuAD v2 half, articles 12-15): best-span agreement, SQuAD v2 F1 delta.
+- question answering (the 803 answerable questions of articles 12-15): exact-span agreement
+  (same start and end offsets), SQuAD v1.1 F1 delta.
 
-    python benchmarks/agreement.py [--modes fp32,bf16,int8,onnx-fp32,onnx-int8] [--qa-limit 0]
+    python benchmarks/agreement.py [--modes fp32,bf16,int8,onnx-fp32,onnx-int8,optimum-int8] [--limit 0]
+
+optimum-int8 (question answering only, with optimum-onnx installed): the reference of the speed
+target, Optimum's dynamically quantized int8 model in the transformers QA pipeline.
 
 Also prints each mode's examples/s on the whole set (one pass, not interleaved: a rough guide;
 benchmarks/speed.py and benchmarks/pipelines.py are the speed measurements).
@@ -27,13 +32,13 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 ROOT = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("DISTILKIT_DATA", ROOT.parent / "shared" / "data"))
 CACHE = Path("~/.cache/distilkit").expanduser()
-QA_PARAMS = dict(max_seq_len=256, doc_stride=128)  # as configs/squad_v2.yaml trains and evaluates
+QA_PARAMS = dict(max_seq_len=256, doc_stride=128, max_answer_len=30)  # as configs/squad_v2.yaml trains
 
 
 def predictions(task_name: str, pipe, records: list[dict]):
     """(per-example predictions to compare between modes, the task's headline score)."""
     from distilkit import evaluate as E
-    from distilkit.metrics import classification_report, entity_scores, squad_v2
+    from distilkit.metrics import classification_report, entity_scores, squad_v1
 
     if task_name == "text-classification":
         labels = [o["label"] for o in pipe.run([r["text"] for r in records], truncation=True)]
@@ -42,12 +47,22 @@ def predictions(task_name: str, pipe, records: list[dict]):
         outputs = pipe.run([" ".join(r["tokens"]) for r in records], aggregation_strategy="none", ignore_labels=[])
         tags = [E.word_tags(r["tokens"], o) for r, o in zip(records, outputs)]
         return tags, entity_scores([list(r["tags"]) for r in records], tags)["f1"]
-    preds, na = E.qa_predictions(pipe, records, version_2=True, **QA_PARAMS)
-    # Compared: the best span of each question (not the answer-or-null, which a model that mostly
-    # abstains would make agree trivially); scored: SQuAD v2 F1 of the pipeline's answers.
-    spans = [(E._first(a)["start"], E._first(a)["end"]) for a in pipe.run([{"question": r["question"], "context": r["context"]}
-                                                         for r in records], **QA_PARAMS)]
-    return spans, squad_v2(records, preds, na)["f1"] / 100
+    answers = pipe.run([{"question": r["question"], "context": r["context"]} for r in records], **QA_PARAMS)
+    spans = [(a["start"], a["end"]) for a in answers]
+    return spans, squad_v1(records, {r["id"]: a["answer"] for r, a in zip(records, answers)})["f1"] / 100
+
+
+class OptimumQA:
+    """Optimum's int8 QA pipeline (benchmarks/pipelines.py builds it) behind the task's `run`."""
+
+    def __init__(self, checkpoint: Path, workdir: Path):
+        from pipelines import optimum_int8_qa
+
+        self.pipe = optimum_int8_qa(checkpoint, workdir)
+
+    def run(self, inputs: list[dict], **params) -> list[dict]:
+        out = self.pipe(inputs, **params)
+        return out if isinstance(out, list) else [out]
 
 
 def agreement(task_name: str, a: list, b: list) -> float:
@@ -60,14 +75,14 @@ def agreement(task_name: str, a: list, b: list) -> float:
 TASKS = {  # task -> (checkpoint, data file, range of articles/records, unit of agreement)
     "text-classification": ("minilm-emotion", "emotion/test.txt", None, "labels"),
     "token-classification": ("minilm-conll", "conll2003/test.txt", None, "word tags"),
-    "question-answering": ("minilm-squad2", "squad/dev-v2.0-half.json", "12:16", "best spans"),
+    "question-answering": ("minilm-squad1", "squad/dev-v2.0-half.json", "12:16", "spans"),
 }
 SCORES = {"text-classification": "accuracy", "token-classification": "entity F1", "question-answering": "F1"}
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--modes", default="fp32,bf16,int8,onnx-fp32,onnx-int8")
+    ap.add_argument("--modes", default="fp32,bf16,int8,onnx-fp32,onnx-int8,optimum-int8")
     ap.add_argument("--tasks", default=",".join(TASKS))
     ap.add_argument("--limit", type=int, default=0, help="records per task (0: all)")
     ap.add_argument("--threads", type=int, default=None)
@@ -92,12 +107,19 @@ def main(argv=None) -> int:
                 print(f"skip {task_name}: no fine-tuned model at {model} (see docs/finetune.md)", file=sys.stderr)
                 continue
             records = read_records(task_name, DATA / data, select=select)
+            if task_name == "question-answering":  # v1.1 semantics: the answerable questions
+                records = [r for r in records if r["answers"]]
             records = records[:args.limit] if args.limit else records
             onnx = export_onnx(model, Path(tmp) / ckpt, int8=True) if any(m.startswith("onnx") for m in modes) else None
             base = None
             for mode in modes:
-                ref, m = (onnx, mode.removeprefix("onnx-")) if mode.startswith("onnx") else (model, mode)
-                pipe = pipeline(task_name, model=str(ref), mode=m, threads=args.threads)
+                if mode == "optimum-int8":
+                    pipe = OptimumQA(model, Path(tmp) / f"{ckpt}-optimum") if task_name == "question-answering" else None
+                    if pipe is None or pipe.pipe is None:
+                        continue
+                else:
+                    ref, m = (onnx, mode.removeprefix("onnx-")) if mode.startswith("onnx") else (model, mode)
+                    pipe = pipeline(task_name, model=str(ref), mode=m, threads=args.threads)
                 started = time.perf_counter()
                 preds, score = predictions(task_name, pipe, records)
                 seconds = time.perf_counter() - started
