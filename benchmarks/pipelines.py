@@ -6,9 +6,12 @@ the installed transformers fill-mask pipeline. No DistilBERT weights can be down
 both sides load the same randomly initialised DistilBERT-base-sized checkpoints (dim 768, 6
 layers) with the real distilbert-base-uncased tokenizer: the compute is the real model's.
 
-    python benchmarks/pipelines.py [--n 256] [--rounds 3] [--mode fp32] [--task qa|fill-mask|all]
+    python benchmarks/pipelines.py [--n 256] [--rounds 3] [--mode fp32] [--task qa|fill-mask|all] [--no-optimum]
 
-Prints examples/s per side (median over rounds) and the ratio.
+QA also runs against Optimum's int8 ONNX Runtime model in the same transformers pipeline (the
+Optimum recipe: `ORTModelForQuestionAnswering` export, then dynamic int8 quantization with
+`AutoQuantizationConfig.avx512_vnni`), when optimum-onnx is installed (`pip install -e ".[bench]"`).
+Prints examples/s per engine (median over rounds) and distilkit's ratio to each.
 """
 
 from __future__ import annotations
@@ -77,19 +80,53 @@ def timed(fn) -> float:
     return time.perf_counter() - t
 
 
-def compare(name: str, ours, ref, n: int, rounds: int) -> dict:
-    ours()  # warm-up both sides (first-call allocations, thread pools)
-    ref()
-    t_ours, t_ref = [], []
-    for r in range(rounds):  # alternate, so machine noise hits both sides alike
-        first, second = (ours, ref) if r % 2 == 0 else (ref, ours)
-        a, b = timed(first), timed(second)
-        (t_ours, t_ref)[r % 2].append(a)
-        (t_ref, t_ours)[r % 2].append(b)
-        print(f"  round {r + 1}: distilkit {n / t_ours[-1]:.1f}/s, transformers {n / t_ref[-1]:.1f}/s", flush=True)
-    ours_rate, ref_rate = n / statistics.median(t_ours), n / statistics.median(t_ref)
-    print(f"{name}: distilkit {ours_rate:.1f} ex/s | transformers {ref_rate:.1f} ex/s | ratio {ours_rate / ref_rate:.2f}x")
-    return {"task": name, "distilkit": ours_rate, "transformers": ref_rate, "ratio": ours_rate / ref_rate}
+def compare(name: str, engines: dict, n: int, rounds: int) -> dict:
+    """engines: label -> callable, distilkit first. Rounds alternate the order, so the machine's
+    noise hits every engine alike; the medians of the rounds are compared."""
+    for fn in engines.values():  # warm-up (first-call allocations, thread pools)
+        fn()
+    times = {label: [] for label in engines}
+    for r in range(rounds):
+        for label in (list(engines) if r % 2 == 0 else list(engines)[::-1]):
+            times[label].append(timed(engines[label]))
+        print(f"  round {r + 1}: " + ", ".join(f"{label} {n / ts[-1]:.1f}/s" for label, ts in times.items()), flush=True)
+    rates = {label: n / statistics.median(ts) for label, ts in times.items()}
+    ours, *refs = rates
+    print(f"{name}: " + " | ".join(f"{label} {rate:.1f} ex/s" for label, rate in rates.items()) + " | "
+          + ", ".join(f"{rates[ours] / rates[ref]:.2f}x {ref}" for ref in refs))
+    return {"task": name, **rates, **{f"ratio vs {ref}": rates[ours] / rates[ref] for ref in refs}}
+
+
+def padding(task, inputs) -> str:
+    """How much of the encoder's work is padding under distilkit's length-grouped batches: the
+    most that packing with variable-length attention could save."""
+    from distilkit.batching import plan
+
+    features, _ = task.featurize(inputs, task.params())
+    lengths = [len(f.input_ids) for f in features]
+    groups = plan(lengths, task.max_tokens, task.max_batch)
+    padded = sum(len(g) * max(lengths[i] for i in g) for g in groups)
+    return (f"{len(features)} windows in {len(groups)} batches: {sum(lengths)} tokens, {padded} with padding "
+            f"({100 * (padded - sum(lengths)) / padded:.1f}% padding)")
+
+
+def optimum_int8_qa(checkpoint: Path, workdir: Path):
+    """The transformers QA pipeline over Optimum's dynamically quantized int8 ONNX model, or None
+    when optimum-onnx is not installed."""
+    try:
+        from optimum.onnxruntime import ORTModelForQuestionAnswering, ORTQuantizer
+        from optimum.onnxruntime.configuration import AutoQuantizationConfig
+    except ImportError:
+        print("optimum-onnx not installed (pip install -e '.[bench]'): no Optimum reference")
+        return None
+    import transformers as T
+
+    ORTModelForQuestionAnswering.from_pretrained(checkpoint, export=True).save_pretrained(workdir / "optimum")
+    quantizer = ORTQuantizer.from_pretrained(workdir / "optimum")
+    quantizer.quantize(save_dir=workdir / "optimum-int8",
+                       quantization_config=AutoQuantizationConfig.avx512_vnni(is_static=False, per_channel=False))
+    model = ORTModelForQuestionAnswering.from_pretrained(workdir / "optimum-int8", file_name="model_quantized.onnx")
+    return T.pipeline("question-answering", model=model, tokenizer=T.AutoTokenizer.from_pretrained(checkpoint))
 
 
 def main(argv=None) -> int:
@@ -98,6 +135,7 @@ def main(argv=None) -> int:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--mode", default="fp32", choices=["fp32", "bf16", "int8"])
     ap.add_argument("--task", default="all", choices=["qa", "fill-mask", "all"])
+    ap.add_argument("--no-optimum", action="store_true", help="skip the Optimum int8 QA reference")
     args = ap.parse_args(argv)
     if not DATA.is_dir():
         print(f"data not found at {DATA}; set DISTILKIT_DATA", file=sys.stderr)
@@ -117,16 +155,20 @@ def main(argv=None) -> int:
             examples = squad_examples(args.n)
             ours = pipeline("question-answering", model=ckpt["qa"], mode=args.mode)
             ref = T.pipeline("question-answering", model=str(ckpt["qa"]), tokenizer=str(ckpt["qa"]))
-            results.append(compare("question-answering", lambda: ours(examples), lambda: ref(examples),
-                                   len(examples), args.rounds))
+            engines = {f"distilkit {args.mode}": lambda: ours(examples), "transformers": lambda: ref(examples)}
+            optimum = None if args.no_optimum else optimum_int8_qa(ckpt["qa"], Path(tmp))
+            if optimum is not None:
+                engines["optimum int8"] = lambda: optimum(examples)
+            results.append(compare("question-answering", engines, len(examples), args.rounds))
             agree = [(a["start"], a["end"]) == (b["start"], b["end"]) for a, b in zip(ours(examples), ref(examples))]
             print(f"  same answer spans as the reference: {sum(agree)}/{len(agree)}")
+            print(f"  {padding(ours, examples)}")
         if args.task in ("fill-mask", "all"):
             sentences = mask_sentences(args.n)
             ours = pipeline("fill-mask", model=ckpt["fill-mask"], mode=args.mode)
             ref = T.pipeline("fill-mask", model=str(ckpt["fill-mask"]), tokenizer=str(ckpt["fill-mask"]))
-            results.append(compare("fill-mask", lambda: ours(sentences), lambda: ref(sentences),
-                                   len(sentences), args.rounds))
+            results.append(compare("fill-mask", {f"distilkit {args.mode}": lambda: ours(sentences),
+                                                 "transformers": lambda: ref(sentences)}, len(sentences), args.rounds))
     print(json.dumps(results))
     return 0
 

@@ -1,7 +1,7 @@
 """Every figure of the README in one run: each benchmark in its own process, one after another
 (never two at once: they would share the 2 cores), with the arguments the README quotes.
 
-    python benchmarks/run.py [--only pipelines,speed,agreement,serve,batch] [--quick]
+    python benchmarks/run.py [--only pipelines,pipelines-bf16,speed,agreement,...] [--quick]
 
 --quick: fewer examples and rounds (minutes instead of tens of minutes; noisier figures).
 Each benchmark prints its own table and ratios; a failing one is reported and the rest still run.
@@ -20,7 +20,13 @@ HERE = Path(__file__).resolve().parent
 #           name          script                  full arguments                          --quick arguments
 BENCHMARKS = [
     ("pipelines", "pipelines.py", ["--n", "256", "--rounds", "3"], ["--n", "64", "--rounds", "2"]),
+    ("pipelines-bf16", "pipelines.py", ["--n", "256", "--rounds", "3", "--mode", "bf16"],
+     ["--n", "64", "--rounds", "2", "--mode", "bf16"]),
+    ("pipelines-int8", "pipelines.py", ["--n", "256", "--rounds", "3", "--mode", "int8"],
+     ["--n", "64", "--rounds", "2", "--mode", "int8"]),
     ("speed", "speed.py", ["--batch", "8", "--tokens", "128", "--rounds", "5"], ["--rounds", "2"]),
+    ("speed-384", "speed.py", ["--batch", "8", "--tokens", "384", "--rounds", "5", "--skip-cold"],
+     ["--tokens", "384", "--rounds", "2", "--skip-cold"]),
     ("agreement", "agreement.py", [], ["--limit", "200"]),
     ("serve", "serve_load.py", ["--task", "text-classification", "--clients", "32", "--duration", "15"],
      ["--task", "text-classification", "--duration", "5", "--rounds", "1"]),
