@@ -64,3 +64,12 @@ def test_big_cpu_batches_run_in_slices_with_the_same_logits(checkpoint, head):
         got = sliced.forward(b, pos)
         assert got.shape == want.shape
         np.testing.assert_allclose(got, want, atol=1e-5, rtol=1e-5)
+
+
+def test_cpu_token_budget_doubles_in_bf16_and_an_explicit_one_wins(checkpoint):
+    ckpt = str(checkpoint("distilbert", "question-answering"))
+    budgets = {mode: pipeline("question-answering", model=ckpt, mode=mode, device="cpu") for mode in ("fp32", "bf16", "int8")}
+    assert {m: (t.max_tokens, t.runtime.max_tokens) for m, t in budgets.items()} == {
+        "fp32": (1024, 1024), "bf16": (2048, 2048), "int8": (1024, 1024)}
+    task = pipeline("question-answering", model=ckpt, mode="bf16", device="cpu", max_tokens=512)
+    assert (task.max_tokens, task.runtime.max_tokens) == (512, 512)

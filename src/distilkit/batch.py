@@ -101,7 +101,8 @@ def run_batch(
                                "model, task or parameters)"] = False,
     chunk_size: Annotated[int | None, "records per chunk: the unit of sorting, memory and resume "
                                       f"(default {DEFAULT_CHUNK}; {DEFAULT_CHUNK_FILL_MASK} for fill-mask)"] = None,
-    max_tokens: Annotated[int | None, "padded tokens per forward pass (default: 1024 on CPU, 16384 on GPU)"] = None,
+    max_tokens: Annotated[int | None,
+                          "padded tokens per forward pass (default: 1024 on CPU, 2048 in bf16, 16384 on GPU)"] = None,
     mode: Annotated[Literal["fp32", "bf16", "int8"], "run mode"] = "fp32",
     device: Annotated[str | None, "torch device (default: cuda when available, else cpu)"] = None,
     threads: Annotated[int | None, "torch CPU threads (per actor under Ray)"] = None,

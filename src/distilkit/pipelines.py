@@ -53,7 +53,7 @@ def pipeline(
     """Build a task. `model`: a local directory (a checkpoint, or a `distilkit export` output run
     with ONNX Runtime), a hub id, a loaded `Model`, or None for the task's default checkpoint.
     `options` are the task's default call parameters (top_k, ...).
-    max_tokens: padded tokens per forward pass (default: 1024 on CPU, 16384 on GPU)."""
+    max_tokens: padded tokens per forward pass (default: 1024 on CPU, 2048 in bf16, 16384 on GPU)."""
     from .hub import resolve
     from .runtime_onnx import OnnxRuntime, is_export
     from .tokenizer import Tokenizer

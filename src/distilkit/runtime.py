@@ -13,7 +13,7 @@ import copy
 import numpy as np
 import torch
 
-from .batching import DEFAULT_MAX_TOKENS
+from .batching import default_max_tokens
 from .heads import MaskedLMHead, Model
 
 MODES = ("fp32", "bf16", "int8")
@@ -23,7 +23,7 @@ class Runtime:
     """owned: the runtime may change `model` in place (bf16 casts its linear layers once, instead of
     autocast casting every weight on every call); otherwise it works on a copy and leaves `model` as it is.
     max_tokens: padded tokens per forward pass above which a batch runs in slices of rows (default:
-    batching.DEFAULT_MAX_TOKENS for the device, 1024 on a CPU; 0 turns slicing off)."""
+    batching.default_max_tokens for the device and mode, 1024 on a CPU, 2048 in bf16; 0 turns slicing off)."""
 
     def __init__(self, model: Model, device: str | torch.device | None = None, mode: str = "fp32",
                  threads: int | None = None, owned: bool = False, max_tokens: int | None = None):
@@ -50,7 +50,7 @@ class Runtime:
             if isinstance(model.head, MaskedLMHead):
                 model.head.projection = model.encoder.embed.word.weight.detach().to(torch.bfloat16)
         self.model = model
-        self.max_tokens = max_tokens if max_tokens is not None else DEFAULT_MAX_TOKENS.get(device.type, 0)
+        self.max_tokens = max_tokens if max_tokens is not None else default_max_tokens(device.type, mode) or 0
         self.cfg = model.cfg
         self.device = device
         self.mode = mode
@@ -63,7 +63,7 @@ class Runtime:
     def forward(self, batch: dict[str, np.ndarray], positions: np.ndarray | None = None) -> np.ndarray:
         """Logits of the model's head as float32 numpy. positions: masked-LM rows to project, indices
         into the flattened (B*T) tokens. On a CPU a batch of more than `max_tokens` padded tokens runs
-        as consecutive slices of rows: the same logits, faster (see batching.DEFAULT_MAX_TOKENS)."""
+        as consecutive slices of rows: the same logits, faster (see batching.default_max_tokens)."""
         B, T = batch["input_ids"].shape
         rows = max(1, self.max_tokens // T) if self.max_tokens else B
         if rows >= B:

@@ -14,7 +14,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ..batching import DEFAULT_MAX_BATCH, DEFAULT_MAX_TOKENS, Feature, collate, plan
+from ..batching import DEFAULT_MAX_BATCH, DEFAULT_MAX_TOKENS, Feature, collate, default_max_tokens, plan
 from ..errors import InputError
 from ..tokenizer import Tokenizer
 
@@ -75,7 +75,8 @@ class Task:
         self.runtime = runtime
         self.model = runtime.model
         self.tokenizer = tokenizer
-        self.max_tokens = max_tokens or DEFAULT_MAX_TOKENS.get(runtime.device.type, DEFAULT_MAX_TOKENS["cpu"])
+        self.max_tokens = (max_tokens or default_max_tokens(runtime.device.type, runtime.mode)
+                           or DEFAULT_MAX_TOKENS["cpu"])
         self.max_batch = max_batch
         self.defaults = defaults
         self.params(**defaults)  # fail at construction on a bad default
