@@ -8,6 +8,9 @@ layers) with the real distilbert-base-uncased tokenizer: the compute is the real
 
     python benchmarks/pipelines.py [--n 256] [--rounds 3] [--mode fp32] [--task qa|fill-mask|all] [--no-optimum]
 
+--mode: fp32, bf16, int8 (torch), or onnx-fp32 / onnx-int8 (a `distilkit export` of the same
+checkpoint, run by ONNX Runtime through distilkit's pipeline).
+
 QA also runs against Optimum's int8 ONNX Runtime model in the same transformers pipeline (the
 Optimum recipe: `ORTModelForQuestionAnswering` export, then dynamic int8 quantization with
 `AutoQuantizationConfig.avx512_vnni`), when optimum-onnx is installed (`pip install -e ".[bench]"`).
@@ -97,6 +100,16 @@ def compare(name: str, engines: dict, n: int, rounds: int) -> dict:
     return {"task": name, **rates, **{f"ratio vs {ref}": rates[ours] / rates[ref] for ref in refs}}
 
 
+def ours_pipeline(task: str, checkpoint: Path, mode: str):
+    from distilkit import pipeline
+
+    if mode.startswith("onnx-"):
+        from distilkit.export import export_onnx
+
+        checkpoint = export_onnx(checkpoint, checkpoint.with_name(f"{checkpoint.name}-onnx"), int8=mode == "onnx-int8")
+    return pipeline(task, model=checkpoint, mode=mode.removeprefix("onnx-"))
+
+
 def padding(task, inputs) -> str:
     """How much of the encoder's work is padding under distilkit's length-grouped batches: the
     most that packing with variable-length attention could save."""
@@ -133,7 +146,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, default=256)
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--mode", default="fp32", choices=["fp32", "bf16", "int8"])
+    ap.add_argument("--mode", default="fp32", choices=["fp32", "bf16", "int8", "onnx-fp32", "onnx-int8"])
     ap.add_argument("--task", default="all", choices=["qa", "fill-mask", "all"])
     ap.add_argument("--no-optimum", action="store_true", help="skip the Optimum int8 QA reference")
     args = ap.parse_args(argv)
@@ -144,8 +157,6 @@ def main(argv=None) -> int:
     import torch
     import transformers as T
 
-    from distilkit import pipeline
-
     print(f"torch {torch.__version__} ({torch.get_num_threads()} threads), transformers {T.__version__}, "
           f"mode {args.mode}, n={args.n}, rounds={args.rounds}")
     results = []
@@ -153,7 +164,7 @@ def main(argv=None) -> int:
         ckpt = build_checkpoints(Path(tmp))
         if args.task in ("qa", "all"):
             examples = squad_examples(args.n)
-            ours = pipeline("question-answering", model=ckpt["qa"], mode=args.mode)
+            ours = ours_pipeline("question-answering", ckpt["qa"], args.mode)
             ref = T.pipeline("question-answering", model=str(ckpt["qa"]), tokenizer=str(ckpt["qa"]))
             engines = {f"distilkit {args.mode}": lambda: ours(examples), "transformers": lambda: ref(examples)}
             optimum = None if args.no_optimum else optimum_int8_qa(ckpt["qa"], Path(tmp))
@@ -165,7 +176,7 @@ def main(argv=None) -> int:
             print(f"  {padding(ours, examples)}")
         if args.task in ("fill-mask", "all"):
             sentences = mask_sentences(args.n)
-            ours = pipeline("fill-mask", model=ckpt["fill-mask"], mode=args.mode)
+            ours = ours_pipeline("fill-mask", ckpt["fill-mask"], args.mode)
             ref = T.pipeline("fill-mask", model=str(ckpt["fill-mask"]), tokenizer=str(ckpt["fill-mask"]))
             results.append(compare("fill-mask", {f"distilkit {args.mode}": lambda: ours(sentences),
                                                  "transformers": lambda: ref(sentences)}, len(sentences), args.rounds))

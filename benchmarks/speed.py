@@ -4,12 +4,13 @@ Every engine runs the same DistilBERT-base-sized QA model (random weights: none 
 downloaded here; the compute is the real model's) on the same batches, interleaved round by round
 in one process because the host is noisy; medians and ratios are printed.
 
-    python benchmarks/speed.py [--batch 8] [--tokens 128] [--rounds 5] [--skip-cold]
+    python benchmarks/speed.py [--batch 8] [--tokens 128] [--rounds 5] [--skip-cold] [--compile]
 
 Engines: transformers fp32 (reference), distilkit fp32 / bf16 / int8 (torch; plus fp32 without
 row slicing when the batch exceeds the CPU token budget), and, with
-onnxruntime installed, distilkit's ONNX export fp32 / int8. Cold start: a fresh process from
-`python -c` to the first answer, torch checkpoint vs exported model.
+onnxruntime installed, distilkit's ONNX export fp32 / int8; with --compile, fp32 and bf16 under
+`torch.compile` (inductor, dynamic shapes), whose warm-up is printed. Cold start: a fresh process
+from `python -c` to the first answer, torch checkpoint vs exported model.
 """
 
 from __future__ import annotations
@@ -60,6 +61,7 @@ def main(argv=None) -> int:
     ap.add_argument("--tokens", type=int, default=128)
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--skip-cold", action="store_true")
+    ap.add_argument("--compile", action="store_true", help="add torch.compile'd fp32 and bf16 engines")
     args = ap.parse_args(argv)
 
     import numpy as np
@@ -84,6 +86,13 @@ def main(argv=None) -> int:
     if args.batch * args.tokens > rt.max_tokens:  # what slicing big CPU batches into cache-sized rows gains
         whole = Runtime(load_model(ckpt), max_tokens=0)
         engines["distilkit fp32 unsliced"] = lambda: whole.forward(batch)
+    for mode in ("fp32", "bf16") if args.compile else ():  # does inductor pay back its warm-up?
+        rt = Runtime(load_model(ckpt), mode=mode)
+        rt.model = torch.compile(rt.model, dynamic=True)
+        started = time.perf_counter()
+        rt.forward(batch)
+        print(f"torch.compile {mode}: first call (the warm-up) {time.perf_counter() - started:.1f} s", flush=True)
+        engines[f"distilkit {mode} compiled"] = (lambda rt: lambda: rt.forward(batch))(rt)
     try:
         from distilkit.runtime_onnx import OnnxRuntime
 
@@ -110,27 +119,29 @@ def main(argv=None) -> int:
     print(f"\nencoder, batch {args.batch} x {args.tokens} tokens, {torch.get_num_threads()} threads, "
           f"median of {args.rounds} interleaved rounds; 2048^3 GEMM: fp32 {roof['float32']:.0f} GFLOP/s, "
           f"bf16 {roof['bfloat16']:.0f} GFLOP/s")
-    print(f"{'engine':24s} {'tokens/s':>10s} {'GFLOP/s':>9s} {'of fp32 GEMM':>13s} {'vs transformers':>16s}")
+    print(f"{'engine':26s} {'tokens/s':>10s} {'GFLOP/s':>9s} {'of fp32 GEMM':>13s} {'vs transformers':>16s}")
     results = {"gemm fp32 GFLOP/s": roof["float32"], "gemm bf16 GFLOP/s": roof["bfloat16"]}
     for name, ts in times.items():
         m = statistics.median(ts)
         results[name] = n_tok / m
-        print(f"{name:24s} {n_tok / m:10.0f} {flops / m / 1e9:9.1f} {flops / m / 1e9 / roof['float32']:12.0%} "
+        print(f"{name:26s} {n_tok / m:10.0f} {flops / m / 1e9:9.1f} {flops / m / 1e9 / roof['float32']:12.0%} "
               f"{base / m:15.2f}x")
 
     if not args.skip_cold:
         print("\ncold start to the first answer (fresh process, median of 3):")
         snippet = ("import time; t=time.perf_counter(); from distilkit import pipeline; "
-                   "qa = pipeline('question-answering', model={m!r}); "
+                   "qa = pipeline('question-answering', model={m!r}, mode={mode!r}); "
                    "qa(question='Who?', context='Bob is sitting next to Alice.'); print(time.perf_counter() - t)")
-        for label, model in (("torch checkpoint", ckpt), ("exported onnx", onnx_dir)):
+        for label, model, mode in (("torch checkpoint", ckpt, "fp32"), ("exported onnx fp32", onnx_dir, "fp32"),
+                                   ("exported onnx int8", onnx_dir, "int8")):
             runs = []
             for _ in range(3):
                 t = time.perf_counter()
-                subprocess.run([sys.executable, "-c", snippet.format(m=str(model))], check=True, capture_output=True)
+                subprocess.run([sys.executable, "-c", snippet.format(m=str(model), mode=mode)], check=True,
+                               capture_output=True)
                 runs.append(time.perf_counter() - t)
             results[f"cold {label} s"] = statistics.median(runs)
-            print(f"  {label:18s} {statistics.median(runs):.2f} s (process start included)")
+            print(f"  {label:20s} {statistics.median(runs):.2f} s (process start included)")
     print(json.dumps(results))
     return 0
 
