@@ -100,14 +100,17 @@ def compare(name: str, engines: dict, n: int, rounds: int) -> dict:
     return {"task": name, **rates, **{f"ratio vs {ref}": rates[ours] / rates[ref] for ref in refs}}
 
 
-def ours_pipeline(task: str, checkpoint: Path, mode: str):
+def ours_pipeline(task: str, checkpoint: Path, mode: str, **options):
+    """distilkit's pipeline in `mode`; onnx-fp32/onnx-int8 run a `distilkit export` of the checkpoint
+    (written once, beside it)."""
     from distilkit import pipeline
 
     if mode.startswith("onnx-"):
         from distilkit.export import export_onnx
 
-        checkpoint = export_onnx(checkpoint, checkpoint.with_name(f"{checkpoint.name}-onnx"), int8=mode == "onnx-int8")
-    return pipeline(task, model=checkpoint, mode=mode.removeprefix("onnx-"))
+        exported = checkpoint.with_name(f"{checkpoint.name}-onnx")
+        checkpoint = exported if exported.is_dir() else export_onnx(checkpoint, exported, int8=True)
+    return pipeline(task, model=checkpoint, mode=mode.removeprefix("onnx-"), **options)
 
 
 def padding(task, inputs) -> str:

@@ -16,8 +16,8 @@ import numpy as np
 # memory-bound (measured: 64 SQuAD questions, 1024 -> 6.0 s, 8192 -> 10.0 s). GPUs want big batches.
 DEFAULT_MAX_TOKENS = {"cpu": 1024, "cuda": 16384}  # tasks plan batches under these; Runtime slices bigger CPU batches
 # bf16 on a CPU: activations take half the bytes and oneDNN reorders each bf16 weight on every
-# call, which a bigger batch amortises (measured: 256 SQuAD questions, 1024 -> 38.8 q/s,
-# 2048 -> 51.5, 3072 -> 48.6).
+# call, which a bigger batch amortises (benchmarks/token_budget.py, 256 SQuAD questions: 1024 ->
+# 38.1 q/s, 1536 -> 47.1, 2048 -> 50.8, 3072 -> 47.4; fp32 and int8 gain nothing from 2048).
 CPU_BF16_MAX_TOKENS = 2048
 DEFAULT_MAX_BATCH = 64
 
