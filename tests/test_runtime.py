@@ -8,7 +8,7 @@ import torch
 
 from distilkit.checkpoint import load_model
 from distilkit.pipelines import pipeline
-from distilkit.runtime import Runtime
+from distilkit.runtime import PackedLinear, Runtime
 
 
 def batch() -> dict[str, np.ndarray]:
@@ -25,8 +25,11 @@ def test_bf16_equals_autocast_and_leaves_the_callers_model_alone(checkpoint, fam
         b["input_ids"][b["input_ids"] == 0] = 1  # RoBERTa's padding id
     with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
         want = model(torch.from_numpy(b["input_ids"]), torch.from_numpy(b["attention_mask"])).logits.float().numpy()
-    got = Runtime(model, mode="bf16").forward(b)
-    np.testing.assert_array_equal(got, want)  # the linear layers cast once give autocast's very values
+    runtime = Runtime(model, mode="bf16")
+    if PackedLinear.supported():  # on CPUs with bf16 support the weights are also prepacked for oneDNN
+        assert not any(isinstance(m, torch.nn.Linear) for m in runtime.model.modules())
+    got = runtime.forward(b)
+    np.testing.assert_array_equal(got, want)  # the linear layers cast (and packed) once give autocast's very values
     assert {p.dtype for p in model.parameters()} == {torch.float32}  # a copy was cast, not the caller's model
 
 

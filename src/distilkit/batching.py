@@ -15,9 +15,9 @@ import numpy as np
 # activations (tokens x ffn_dim x 4 bytes) leave the L3 cache and the element-wise passes become
 # memory-bound (measured: 64 SQuAD questions, 1024 -> 6.0 s, 8192 -> 10.0 s). GPUs want big batches.
 DEFAULT_MAX_TOKENS = {"cpu": 1024, "cuda": 16384}  # tasks plan batches under these; Runtime slices bigger CPU batches
-# bf16 on a CPU: activations take half the bytes and oneDNN reorders each bf16 weight on every
-# call, which a bigger batch amortises (benchmarks/token_budget.py, 256 SQuAD questions: 1024 ->
-# 38.1 q/s, 1536 -> 47.1, 2048 -> 50.8, 3072 -> 47.4; fp32 and int8 gain nothing from 2048).
+# bf16 on a CPU: activations take half the bytes, so twice the tokens fit the same cache
+# (benchmarks/token_budget.py, 256 SQuAD questions: 1024 -> 41.6 q/s, 1536 -> 58.1, 2048 -> 60.2,
+# 3072 -> 50.3; fp32 and int8 gain nothing from 2048).
 CPU_BF16_MAX_TOKENS = 2048
 DEFAULT_MAX_BATCH = 64
 

@@ -40,7 +40,8 @@ class Runtime:
             # fp32's answer spans where one scale per tensor keeps 53%, at the same speed.
             qconfig = torch.ao.quantization.per_channel_dynamic_qconfig
             model = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear: qconfig}, dtype=torch.qint8)
-        elif mode == "bf16":
+        self.max_tokens = max_tokens if max_tokens is not None else default_max_tokens(device.type, mode) or 0
+        if mode == "bf16":
             # The values autocast would compute (it rounds each weight to bf16 the same way), without
             # re-casting ~all the parameters on every forward; layer norms and embeddings stay fp32.
             model = model if owned else copy.deepcopy(model)
@@ -49,8 +50,9 @@ class Runtime:
                     m.to(torch.bfloat16)
             if isinstance(model.head, MaskedLMHead):
                 model.head.projection = model.encoder.embed.word.weight.detach().to(torch.bfloat16)
+            if device.type == "cpu" and PackedLinear.supported():
+                _replace_linears(model, lambda m: PackedLinear(m, self.max_tokens or 1024))
         self.model = model
-        self.max_tokens = max_tokens if max_tokens is not None else default_max_tokens(device.type, mode) or 0
         self.cfg = model.cfg
         self.device = device
         self.mode = mode
@@ -88,3 +90,30 @@ class Runtime:
             pos = torch.from_numpy(positions).to(self.device) if positions is not None else None
             out = self.model(t["input_ids"], t["attention_mask"], t.get("token_type_ids"), positions=pos)
             return out.logits.float().cpu().numpy()
+
+
+class PackedLinear(torch.nn.Module):
+    """A bf16 linear layer whose weight oneDNN reorders into its blocked layout once, at load,
+    instead of on every call (what inductor's weight freezing does for CPU bf16). Same values as
+    the bf16 nn.Linear under autocast; QA end to end 45.1 -> 53.0 q/s in one interleaved run."""
+
+    def __init__(self, linear: torch.nn.Linear, rows_hint: int):
+        super().__init__()
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        self.weight = torch.ops.mkldnn._reorder_linear_weight(linear.weight.detach(), rows_hint)
+        self.bias = linear.bias.detach() if linear.bias is not None else None
+
+    @staticmethod
+    def supported() -> bool:
+        return (torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+                and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.ops.mkldnn._linear_pointwise(x.to(torch.bfloat16), self.weight, self.bias, "none", [], "")
+
+
+def _replace_linears(model: torch.nn.Module, make) -> None:
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, torch.nn.Linear):
+                setattr(parent, name, make(child))
