@@ -81,10 +81,10 @@ def main(argv=None) -> int:
 
     ref = T.DistilBertForQuestionAnswering.from_pretrained(ckpt).eval()
     engines = {"transformers fp32": lambda: _ref_forward(ref, batch)}
-    for mode in ("fp32", "bf16", "int8"):
-        rt = Runtime(load_model(ckpt), mode=mode)
+    runtimes = {mode: Runtime(load_model(ckpt), mode=mode) for mode in ("fp32", "bf16", "int8")}
+    for mode, rt in runtimes.items():
         engines[f"distilkit {mode}"] = (lambda rt: lambda: rt.forward(batch))(rt)
-    if args.batch * args.tokens > rt.max_tokens:  # what slicing big CPU batches into cache-sized rows gains
+    if args.batch * args.tokens > runtimes["fp32"].max_tokens:  # what slicing into cache-sized rows gains
         whole = Runtime(load_model(ckpt), max_tokens=0)
         engines["distilkit fp32 unsliced"] = lambda: whole.forward(batch)
     for mode in ("fp32", "bf16") if args.compile else ():  # does inductor pay back its warm-up?
