@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -76,3 +80,34 @@ def test_cpu_token_budget_doubles_in_bf16_and_an_explicit_one_wins(checkpoint):
         "fp32": (1024, 1024), "bf16": (2048, 2048), "int8": (1024, 1024)}
     task = pipeline("question-answering", model=ckpt, mode="bf16", device="cpu", max_tokens=512)
     assert (task.max_tokens, task.runtime.max_tokens) == (512, 512)
+
+
+REFAULTS = """
+import resource, numpy as np, torch
+from distilkit.config import ModelConfig
+from distilkit.heads import Model
+from distilkit.runtime import Runtime
+torch.manual_seed(0)
+cfg = ModelConfig(family="distilbert", vocab_size=1000, dim=256, n_layers=2, n_heads=4, ffn_dim=2048, max_positions=512)
+runtime = Runtime(Model(cfg, head="question-answering"), max_tokens=0)
+ids = np.random.default_rng(0).integers(5, 1000, size=(4, 512))
+batch = {"input_ids": ids, "attention_mask": np.ones_like(ids)}
+for _ in range(3):  # the third pass is a warm one
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    runtime.forward(batch)
+print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="minor page faults are counted on Linux")
+def test_a_warm_cpu_forward_does_not_fault_its_activations_in_again():
+    def warm_faults(retain: str) -> int:
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path), OMP_NUM_THREADS="1", DISTILKIT_RETAIN_MEMORY=retain)
+        return int(subprocess.run([sys.executable, "-c", REFAULTS], env=env, capture_output=True, text=True,
+                                  check=True).stdout)
+
+    pages = 2048 * 2048 * 4 // 4096  # one (2048 tokens, ffn_dim) fp32 activation
+    default = warm_faults("0")
+    if default < pages:
+        pytest.skip(f"this C library's malloc keeps freed activations already ({default} faults)")
+    assert warm_faults("1") < pages // 10, f"{default} faults with malloc's defaults"
