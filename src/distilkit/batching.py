@@ -16,8 +16,8 @@ import numpy as np
 # memory-bound (measured: 64 SQuAD questions, 1024 -> 6.0 s, 8192 -> 10.0 s). GPUs want big batches.
 DEFAULT_MAX_TOKENS = {"cpu": 1024, "cuda": 16384}  # tasks plan batches under these; Runtime slices bigger CPU batches
 # bf16 on a CPU: activations take half the bytes, so twice the tokens fit the same cache
-# (benchmarks/token_budget.py, 256 SQuAD questions: 1024 -> 41.6 q/s, 1536 -> 58.1, 2048 -> 60.2,
-# 3072 -> 50.3; fp32 and int8 gain nothing from 2048).
+# (benchmarks/token_budget.py, 256 SQuAD questions: 1024 -> 40.1 q/s, 1536 -> 54.5, 2048 -> 58.4,
+# 3072 -> 58.9; fp32 and int8 gained 0-7% from 2048 over two runs, within the host's noise).
 CPU_BF16_MAX_TOKENS = 2048
 DEFAULT_MAX_BATCH = 64
 
