@@ -83,7 +83,7 @@ def test_cpu_token_budget_doubles_in_bf16_and_an_explicit_one_wins(checkpoint):
 
 
 REFAULTS = """
-import resource, numpy as np, torch
+import resource, statistics, numpy as np, torch
 from distilkit.config import ModelConfig
 from distilkit.heads import Model
 from distilkit.runtime import Runtime
@@ -92,19 +92,21 @@ cfg = ModelConfig(family="distilbert", vocab_size=1000, dim=256, n_layers=2, n_h
 runtime = Runtime(Model(cfg, head="question-answering"), max_tokens=0)
 ids = np.random.default_rng(0).integers(5, 1000, size=(4, 512))
 batch = {"input_ids": ids, "attention_mask": np.ones_like(ids)}
-for _ in range(3):  # the third pass is a warm one
+faults = []
+for _ in range(8):
     before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     runtime.forward(batch)
-print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+    faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+print(statistics.median(faults[2:]))  # warm passes (the heap still grows now and then: a median)
 """
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="minor page faults are counted on Linux")
 def test_a_warm_cpu_forward_does_not_fault_its_activations_in_again():
-    def warm_faults(retain: str) -> int:
+    def warm_faults(retain: str) -> float:
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path), OMP_NUM_THREADS="1", DISTILKIT_RETAIN_MEMORY=retain)
-        return int(subprocess.run([sys.executable, "-c", REFAULTS], env=env, capture_output=True, text=True,
-                                  check=True).stdout)
+        return float(subprocess.run([sys.executable, "-c", REFAULTS], env=env, capture_output=True, text=True,
+                                    check=True).stdout)
 
     pages = 2048 * 2048 * 4 // 4096  # one (2048 tokens, ffn_dim) fp32 activation
     default = warm_faults("0")
