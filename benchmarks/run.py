@@ -10,6 +10,7 @@ Each benchmark prints its own table and ratios; a failing one is reported and th
 from __future__ import annotations
 
 import argparse
+import os
 import subprocess
 import sys
 import time
@@ -17,19 +18,23 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 
-#           name          script                  full arguments                          --quick arguments
+#           name          script                  full arguments                          --quick arguments  [environment]
 BENCHMARKS = [
     ("pipelines", "pipelines.py", ["--n", "256", "--rounds", "3"], ["--n", "64", "--rounds", "2"]),
     ("pipelines-bf16", "pipelines.py", ["--n", "256", "--rounds", "3", "--mode", "bf16"],
      ["--n", "64", "--rounds", "2", "--mode", "bf16"]),
     ("pipelines-int8", "pipelines.py", ["--n", "256", "--rounds", "3", "--mode", "int8"],
      ["--n", "64", "--rounds", "2", "--mode", "int8"]),
+    ("pipelines-bf16-malloc-default", "pipelines.py", ["--n", "256", "--rounds", "3", "--mode", "bf16", "--task", "qa"],
+     ["--n", "64", "--rounds", "2", "--mode", "bf16", "--task", "qa"], {"DISTILKIT_RETAIN_MEMORY": "0"}),
     ("pipelines-onnx-int8", "pipelines.py", ["--n", "256", "--rounds", "3", "--mode", "onnx-int8", "--task", "qa"],
      ["--n", "64", "--rounds", "2", "--mode", "onnx-int8", "--task", "qa"]),
     ("token-budget", "token_budget.py", ["--rounds", "5"], ["--n", "64", "--rounds", "2", "--budgets", "1024,2048"]),
     ("speed", "speed.py", ["--batch", "8", "--tokens", "128", "--rounds", "5"], ["--rounds", "2"]),
     ("speed-384", "speed.py", ["--batch", "8", "--tokens", "384", "--rounds", "5", "--skip-cold"],
      ["--tokens", "384", "--rounds", "2", "--skip-cold"]),
+    ("speed-malloc-default", "speed.py", ["--batch", "8", "--tokens", "128", "--rounds", "5", "--skip-cold"],
+     ["--rounds", "2", "--skip-cold"], {"DISTILKIT_RETAIN_MEMORY": "0"}),
     ("compile", "speed.py", ["--batch", "8", "--tokens", "128", "--rounds", "5", "--skip-cold", "--compile"],
      ["--rounds", "2", "--skip-cold", "--compile"]),
     ("agreement", "agreement.py", [], ["--limit", "200"]),
@@ -49,13 +54,15 @@ def main(argv=None) -> int:
     if unknown:
         ap.error(f"unknown benchmark(s): {', '.join(sorted(unknown))}")
     failed = []
-    for name, script, full, quick in BENCHMARKS:
+    for name, script, full, quick, *env in BENCHMARKS:
         if name not in wanted:
             continue
         cmd = [sys.executable, str(HERE / script), *(quick if args.quick else full)]
-        print(f"\n=== {name}: {' '.join(cmd[1:])}", flush=True)
+        env = env[0] if env else {}
+        print(f"\n=== {name}: {' '.join(f'{k}={v}' for k, v in env.items())} {' '.join(cmd[1:])}".replace(":  ", ": "),
+              flush=True)
         started = time.perf_counter()
-        rc = subprocess.call(cmd)
+        rc = subprocess.call(cmd, env={**os.environ, **env})
         print(f"=== {name}: exit {rc} after {time.perf_counter() - started:.0f}s", flush=True)
         if rc:
             failed.append(name)

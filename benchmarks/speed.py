@@ -10,7 +10,9 @@ Engines: transformers fp32 (reference), distilkit fp32 / bf16 / int8 (torch; plu
 row slicing when the batch exceeds the CPU token budget), and, with
 onnxruntime installed, distilkit's ONNX export fp32 / int8; with --compile, fp32 and bf16 under
 `torch.compile` (inductor, dynamic shapes), whose warm-up is printed. Cold start: a fresh process
-from `python -c` to the first answer, torch checkpoint vs exported model.
+from `python -c` to the first answer, torch checkpoint vs exported model. "page faults": the
+median of minor page faults per pass (memory the pass had to fault in again; with
+DISTILKIT_RETAIN_MEMORY=0 the torch engines' go back to malloc's defaults, see runtime.retain_freed_memory).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -108,12 +111,15 @@ def main(argv=None) -> int:
     for fn in engines.values():  # warm-up
         fn()
     times = {name: [] for name in engines}
+    faults = {name: [] for name in engines}  # minor page faults per pass: memory faulted in again
     for r in range(args.rounds):
         names = list(engines) if r % 2 == 0 else list(engines)[::-1]
         for name in names:
+            before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
             t = time.perf_counter()
             engines[name]()
             times[name].append(time.perf_counter() - t)
+            faults[name].append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
     n_tok = args.batch * args.tokens
     cfg = load_model(ckpt).cfg
     flops = encoder_flops(cfg, args.batch, args.tokens)
@@ -122,13 +128,14 @@ def main(argv=None) -> int:
     print(f"\nencoder, batch {args.batch} x {args.tokens} tokens, {torch.get_num_threads()} threads, "
           f"median of {args.rounds} interleaved rounds; 2048^3 GEMM: fp32 {roof['float32']:.0f} GFLOP/s, "
           f"bf16 {roof['bfloat16']:.0f} GFLOP/s")
-    print(f"{'engine':26s} {'tokens/s':>10s} {'GFLOP/s':>9s} {'of fp32 GEMM':>13s} {'vs transformers':>16s}")
+    print(f"{'engine':26s} {'tokens/s':>10s} {'GFLOP/s':>9s} {'of fp32 GEMM':>13s} {'vs transformers':>16s} "
+          f"{'page faults':>12s}")
     results = {"gemm fp32 GFLOP/s": roof["float32"], "gemm bf16 GFLOP/s": roof["bfloat16"]}
     for name, ts in times.items():
         m = statistics.median(ts)
         results[name] = n_tok / m
         print(f"{name:26s} {n_tok / m:10.0f} {flops / m / 1e9:9.1f} {flops / m / 1e9 / roof['float32']:12.0%} "
-              f"{base / m:15.2f}x")
+              f"{base / m:15.2f}x {statistics.median(faults[name]):12.0f}")
 
     if not args.skip_cold:
         print("\ncold start to the first answer (fresh process, median of 3):")

@@ -2,8 +2,9 @@
 
 Modes: "fp32" (the reference numerics), "bf16" (bf16 linear layers, prepacked for oneDNN on a CPU,
 under autocast; CPUs with AVX512-BF16/AMX and GPUs) and "int8" (dynamic quantization of the linear
-layers with per-channel weight scales, CPU). Tasks hand in numpy batches and get
-float32 numpy logits back; they never touch torch.
+layers with per-channel weight scales, CPU). On a CPU, freed activation memory stays in the heap for
+the next pass (retain_freed_memory). Tasks hand in numpy batches and get float32 numpy logits back;
+they never touch torch.
 """
 
 from __future__ import annotations
@@ -105,11 +106,11 @@ _retained = False
 def retain_freed_memory() -> bool:
     """Let a CPU forward pass reuse the heap memory the previous one freed. glibc serves buffers above
     its dynamic mmap threshold with fresh mappings and trims the heap top after frees, so every pass
-    faulted its activations in again page by page: 35,000 minor faults per 8 x 384 fp32 forward on
-    our machine, none once the thresholds are fixed (OpenVINO sets them too; Intel's launchers preload
-    jemalloc for the same reason). `benchmarks/pipelines.py --mode bf16` QA 49.8 -> 61.7 q/s; encoder
-    8 x 128 (`speed.py`) int8 +33%, bf16 +11%. Process-wide, glibc only, applied once;
-    DISTILKIT_RETAIN_MEMORY=0 leaves malloc alone. Returns whether it is on."""
+    faulted its activations in again page by page: 12,256 minor faults per 8 x 128 fp32 forward on
+    our machine (`benchmarks/speed.py`), none once the thresholds are fixed (OpenVINO sets them too;
+    Intel's launchers preload jemalloc for the same reason). `benchmarks/pipelines.py --mode bf16`
+    QA 49.8 -> 61.7 q/s; encoder 8 x 128 int8 +33%, bf16 +11%. Process-wide, glibc only, applied
+    once; DISTILKIT_RETAIN_MEMORY=0 leaves malloc alone. Returns whether it is on."""
     global _retained
     if _retained or os.environ.get("DISTILKIT_RETAIN_MEMORY", "1") == "0" or not sys.platform.startswith("linux"):
         return _retained
