@@ -59,8 +59,8 @@ def main(argv=None) -> int:
             continue
         cmd = [sys.executable, str(HERE / script), *(quick if args.quick else full)]
         env = env[0] if env else {}
-        print(f"\n=== {name}: {' '.join(f'{k}={v}' for k, v in env.items())} {' '.join(cmd[1:])}".replace(":  ", ": "),
-              flush=True)
+        shown = " ".join([*(f"{k}={v}" for k, v in env.items()), *cmd[1:]])
+        print(f"\n=== {name}: {shown}", flush=True)
         started = time.perf_counter()
         rc = subprocess.call(cmd, env={**os.environ, **env})
         print(f"=== {name}: exit {rc} after {time.perf_counter() - started:.0f}s", flush=True)
