@@ -1,7 +1,7 @@
 """QA throughput by token budget (`max_tokens`, padded tokens per forward pass), per run mode: the
 measurement behind batching.default_max_tokens. Same model and questions as pipelines.py (random
 DistilBERT-base-sized weights, the real uncased tokenizer, N SQuAD questions); budgets interleaved
-round by round in one process, medians.
+round by round in one process by pipelines.compare: medians, and the first budget's ratio to each.
 
     python benchmarks/token_budget.py [--modes bf16,fp32,int8] [--budgets 1024,1536,2048,3072] [--n 256] [--rounds 5]
 """
@@ -9,13 +9,11 @@ round by round in one process, medians.
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-from pipelines import DATA, build_checkpoints, ours_pipeline, squad_examples
+from pipelines import DATA, build_checkpoints, compare, ours_pipeline, squad_examples
 
 
 def main(argv=None) -> int:
@@ -35,17 +33,9 @@ def main(argv=None) -> int:
         for mode in args.modes.split(","):
             tasks = {budget: ours_pipeline("question-answering", qa, mode, max_tokens=budget)
                      for budget in map(int, args.budgets.split(","))}
-            for task in tasks.values():
-                task(examples[:32])  # warm-up
-            times = {budget: [] for budget in tasks}
-            for r in range(args.rounds):
-                for budget in (list(tasks) if r % 2 == 0 else list(tasks)[::-1]):
-                    started = time.perf_counter()
-                    tasks[budget](examples)
-                    times[budget].append(time.perf_counter() - started)
             print(f"question answering, mode {mode}, {len(examples)} questions, median of {args.rounds} rounds:")
-            for budget, ts in times.items():
-                print(f"  max_tokens {budget:5d}: {len(examples) / statistics.median(ts):6.1f} q/s", flush=True)
+            compare(f"mode {mode}", {f"max_tokens {budget}": (lambda t: lambda: t(examples))(task)
+                                     for budget, task in tasks.items()}, len(examples), args.rounds)
     return 0
 
 
