@@ -4,12 +4,15 @@ Every engine runs the same DistilBERT-base-sized QA model (random weights: none 
 downloaded here; the compute is the real model's) on the same batches, interleaved round by round
 in one process because the host is noisy; medians and ratios are printed.
 
-    python benchmarks/speed.py [--batch 8] [--tokens 128] [--rounds 5] [--skip-cold] [--compile]
+    python benchmarks/speed.py [--batch 8] [--tokens 128] [--rounds 5] [--skip-cold] [--compile] [--fp32-study]
 
 Engines: transformers fp32 (reference), distilkit fp32 / bf16 / int8 (torch; plus fp32 without
 row slicing when the batch exceeds the CPU token budget), and, with
 onnxruntime installed, distilkit's ONNX export fp32 / int8; with --compile, fp32 and bf16 under
-`torch.compile` (inductor, dynamic shapes), whose warm-up is printed. Cold start: a fresh process
+`torch.compile` (inductor, dynamic shapes), whose warm-up is printed; with --fp32-study, where
+distilkit fp32's time goes (the linear layers' share of a profiled pass and their GEMM rate) and an
+fp32 engine on MKL's prepacked weights, which PyTorch uses only for calls of exactly the row count
+packed for (true here, not of length-grouped batches: why distilkit does not ship it). Cold start: a fresh process
 from `python -c` to the first answer, torch checkpoint vs exported model. "page faults": the
 median of minor page faults per pass (memory the pass had to fault in again; with
 DISTILKIT_RETAIN_MEMORY=0 the torch engines' go back to malloc's defaults, see runtime.retain_freed_memory).
@@ -29,6 +32,8 @@ import time
 from pathlib import Path
 from unittest import mock
 
+import torch
+
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 ROOT = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("DISTILKIT_DATA", ROOT.parent / "shared" / "data"))
@@ -37,7 +42,6 @@ DATA = Path(os.environ.get("DISTILKIT_DATA", ROOT.parent / "shared" / "data"))
 def build(workdir: Path) -> tuple[Path, Path]:
     import shutil
 
-    import torch
     import transformers as T
 
     from distilkit.export import export_onnx
@@ -66,14 +70,14 @@ def main(argv=None) -> int:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--skip-cold", action="store_true")
     ap.add_argument("--compile", action="store_true", help="add torch.compile'd fp32 and bf16 engines")
+    ap.add_argument("--fp32-study", action="store_true", help="profile fp32; add an MKL-packed fp32 engine")
     args = ap.parse_args(argv)
 
     import numpy as np
-    import torch
     import transformers as T
 
     from distilkit.checkpoint import load_model
-    from distilkit.runtime import PackedLinear, Runtime
+    from distilkit.runtime import PackedLinear, Runtime, _replace_linears
 
     tmp = Path(tempfile.mkdtemp())
     ckpt, onnx_dir = build(tmp)
@@ -90,6 +94,13 @@ def main(argv=None) -> int:
     if args.batch * args.tokens > runtimes["fp32"].max_tokens:  # what slicing into cache-sized rows gains
         whole = Runtime(load_model(ckpt), max_tokens=0)
         engines["distilkit fp32 unsliced"] = lambda: whole.forward(batch)
+    if args.fp32_study:
+        packed = Runtime(load_model(ckpt))
+        rows = min(args.batch, max(1, packed.max_tokens // args.tokens)) * args.tokens  # each slice's rows
+        _replace_linears(packed.model, lambda m: MklPackedLinear(m, rows))
+        engines["distilkit fp32 MKL-packed"] = lambda: packed.forward(batch)
+        gap = np.abs(packed.forward(batch) - runtimes["fp32"].forward(batch)).max()
+        print(f"MKL-packed fp32 vs distilkit fp32: largest logit difference {gap:.1e}")
     for mode in ("fp32", "bf16") if args.compile else ():  # does inductor pay back its warm-up?
         # Inductor cannot trace oneDNN's prepacked weights: it gets plain bf16 linears (and packs them itself).
         with mock.patch.object(PackedLinear, "supported", return_value=False):
@@ -137,6 +148,9 @@ def main(argv=None) -> int:
         print(f"{name:26s} {n_tok / m:10.0f} {flops / m / 1e9:9.1f} {flops / m / 1e9 / roof['float32']:12.0%} "
               f"{base / m:15.2f}x {statistics.median(faults[name]):12.0f}")
 
+    if args.fp32_study:
+        linear_share(runtimes["fp32"], batch, cfg, args, roof["float32"])
+
     if not args.skip_cold:
         print("\ncold start to the first answer (fresh process, median of 3):")
         snippet = ("import time; t=time.perf_counter(); from distilkit import pipeline; "
@@ -159,7 +173,6 @@ def main(argv=None) -> int:
 def gemm_roofline(rounds: int = 10) -> dict[str, float]:
     """GFLOP/s of a 2048^3 matrix product in fp32 and bf16 with torch's threads: what the machine
     allows, so the best of `rounds` (the host's noise only ever slows a round down)."""
-    import torch
 
     out = {}
     for dtype in (torch.float32, torch.bfloat16):
@@ -174,8 +187,39 @@ def gemm_roofline(rounds: int = 10) -> dict[str, float]:
     return out
 
 
+class MklPackedLinear(torch.nn.Module):
+    """An fp32 linear on MKL's prepacked weight (what inductor's freezing uses for fp32). PyTorch runs
+    the packed product only for inputs of exactly `rows` rows and a plain one otherwise."""
+
+    def __init__(self, linear: torch.nn.Linear, rows: int):
+        super().__init__()
+        self.rows, self.weight, self.bias = rows, linear.weight.detach(), linear.bias.detach()
+        self.packed = torch.ops.mkl._mkl_reorder_linear_weight(self.weight, rows)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.ops.mkl._mkl_linear(x, self.packed, self.weight, self.bias, self.rows)
+
+
+def linear_share(runtime, batch, cfg, args, roof: float, passes: int = 3) -> None:
+    """Profile `passes` forward passes: the linear layers' share of the time and their GFLOP/s."""
+    from torch.profiler import profile
+
+    with profile() as prof:
+        for _ in range(passes):
+            runtime.forward(batch)
+    events = sorted(prof.key_averages(), key=lambda e: -e.self_cpu_time_total)
+    total = sum(e.self_cpu_time_total for e in events) / 1e6
+    gemm = sum(e.self_cpu_time_total for e in events if e.key in ("aten::addmm", "aten::mm")) / 1e6
+    d, f, L = cfg.dim, cfg.ffn_dim, cfg.n_layers
+    linear_flops = passes * L * 2 * (4 * d * d + 2 * d * f) * args.batch * args.tokens
+    rate = linear_flops / gemm / 1e9
+    print(f"\ndistilkit fp32, {passes} profiled passes: linear layers {gemm / total:.0%} of the time at "
+          f"{rate:.0f} GFLOP/s ({rate / roof:.0%} of the 2048^3 GEMM); the rest: "
+          + ", ".join(f"{e.key} {e.self_cpu_time_total / 1e6 / total:.0%}"
+                      for e in [e for e in events if e.key not in ("aten::addmm", "aten::mm")][:5]))
+
+
 def _ref_forward(ref, batch):
-    import torch
 
     with torch.inference_mode():
         out = ref(input_ids=torch.from_numpy(batch["input_ids"]), attention_mask=torch.from_numpy(batch["attention_mask"]))

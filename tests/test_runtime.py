@@ -110,6 +110,6 @@ def test_a_warm_cpu_forward_does_not_fault_its_activations_in_again():
 
     pages = 2048 * 2048 * 4 // 4096  # one (2048 tokens, ffn_dim) fp32 activation
     default = warm_faults("0")
-    if default < pages:
+    if default < pages // 2:  # measured here: 6,000-14,000 with glibc's defaults
         pytest.skip(f"this C library's malloc keeps freed activations already ({default} faults)")
     assert warm_faults("1") < pages // 10, f"{default} faults with malloc's defaults"
