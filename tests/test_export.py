@@ -27,6 +27,8 @@ def test_exported_model_answers_like_torch(checkpoint, tmp_path, family, head, t
     out = export_onnx(src, tmp_path / "onnx", int8=True)
     for name in ("model.onnx", "model.int8.onnx"):  # weights beside the graph, mapped at start-up
         assert (out / f"{name}.data").stat().st_size > (out / name).stat().st_size
+        # readable by whoever can read the graph (onnx writes it owner-only)
+        assert (out / f"{name}.data").stat().st_mode & 0o777 == (out / name).stat().st_mode & 0o777
     torch_task, onnx_task = pipeline(task, model=src), pipeline(task, model=out)
     int8_task = pipeline(task, model=out, mode="int8")
     mask = torch_task.tokenizer.mask_token

@@ -565,6 +565,9 @@ def test_bad_model_exits_with_the_reason(tmp_path):
 
     assert main(["--task", "fill-mask", "--model", str(tmp_path / "missing"), "--port", str(free_port())]) == 1
     assert main(["--task", "fill-mask", "--max-inputs", "0"]) == 2
+    with pytest.raises(SystemExit) as bad_mode:  # refused before anything loads
+        main(["--task", "fill-mask", "--mode", "fp16"])
+    assert bad_mode.value.code == 2
 
 
 # ---------------------------------------------------------------------------------------- schemas (pure)

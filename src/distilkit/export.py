@@ -99,6 +99,9 @@ def _external_weights(path: Path) -> None:
     data.unlink(missing_ok=True)
     onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
                     location=data.name, size_threshold=1024)
+    # onnx creates the data file owner-only (0600); give it the graph file's permissions, so that a
+    # server running as another user can read what it can already see.
+    data.chmod(path.stat().st_mode & 0o777)
 
 
 def _untie_initializers(src: Path, dst: Path) -> Path:

@@ -17,18 +17,27 @@ from .app import ServeConfig
 ENV_API_KEY = "DISTILKIT_API_KEY"
 
 
+class _DefaultsHelp(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows a flag's default, except None: those flags say in their help what they fall back on."""
+
+    def _get_help_string(self, action):
+        return action.help if action.default is None else super()._get_help_string(action)
+
+
 def build_parser(prog: str = "distilkit serve") -> argparse.ArgumentParser:
     d = ServeConfig()
     p = argparse.ArgumentParser(prog=prog, description="Serve a distilkit task over HTTP (FastAPI on uvicorn).",
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=_DefaultsHelp)
     p.add_argument("--model", default=None,
                    help="local directory or hub id (default: $DISTILKIT_MODEL, else the task's default checkpoint)")
     p.add_argument("--task", required=True,
                    help="fill-mask | question-answering | text-classification | token-classification")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0 for every interface)")
-    p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--mode", default=d.mode, help="runtime precision mode (fp32, bf16, int8 ...)")
-    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    p.add_argument("--port", type=int, default=8000, help="port to listen on")
+    p.add_argument("--mode", default=d.mode, choices=["fp32", "bf16", "int8"],
+                   help="run mode (an exported model: fp32 or int8, on ONNX Runtime)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="CPU threads for the model (default: torch's or ONNX Runtime's choice)")
     p.add_argument("--api-key", default=None,
                    help=f"require 'Authorization: Bearer KEY' on the scoring routes (default: ${ENV_API_KEY}; "
                         "prefer the variable: a flag shows in the process list)")
