@@ -12,7 +12,7 @@ import torch
 
 from distilkit.checkpoint import load_model
 from distilkit.pipelines import pipeline
-from distilkit.runtime import PackedLinear, Runtime
+from distilkit.runtime import PackedLinear, Runtime, int8_engine
 
 
 def batch() -> dict[str, np.ndarray]:
@@ -48,6 +48,30 @@ def test_bf16_and_int8_stay_close_to_fp32(checkpoint):
             scores = {r["label"]: r["score"] for r in got}
             for r in want:
                 assert scores[r["label"]] == pytest.approx(r["score"], abs=0.05), mode
+
+
+@pytest.mark.parametrize("engine", [e for e in ("fbgemm", "onednn") if e in torch.backends.quantized.supported_engines])
+def test_int8_on_each_quantized_engine_stays_close_to_fp32(checkpoint, monkeypatch, engine):
+    model = load_model(checkpoint("distilbert", "question-answering"))
+    want = Runtime(model).forward(batch())
+    before = torch.backends.quantized.engine
+    monkeypatch.setenv("DISTILKIT_INT8_ENGINE", engine)
+    assert int8_engine() == engine
+    got = Runtime(model, mode="int8").forward(batch())
+    assert torch.backends.quantized.engine == before  # chosen for packing the weights only, not process-wide
+    np.testing.assert_allclose(got, want, atol=0.05 * np.abs(want).max())
+    monkeypatch.setenv("DISTILKIT_INT8_ENGINE", "fp4")
+    with pytest.raises(ValueError, match="DISTILKIT_INT8_ENGINE"):
+        Runtime(model, mode="int8")
+
+
+def test_int8_takes_onednn_where_the_cpu_has_amx(monkeypatch):
+    monkeypatch.delenv("DISTILKIT_INT8_ENGINE", raising=False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True, raising=False)
+    assert int8_engine() == ("onednn" if "onednn" in torch.backends.quantized.supported_engines
+                             else torch.backends.quantized.engine)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False, raising=False)
+    assert int8_engine() == torch.backends.quantized.engine
 
 
 def test_unknown_mode_and_int8_off_cpu_are_refused(checkpoint):

@@ -46,7 +46,8 @@ class Runtime:
             # Per-channel weight scales: on a real QA model (benchmarks/agreement.py) they keep 64% of
             # fp32's answer spans where one scale per tensor keeps 53%, at the same speed.
             qconfig = torch.ao.quantization.per_channel_dynamic_qconfig
-            model = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear: qconfig}, dtype=torch.qint8)
+            with _quantized_engine(int8_engine()):  # the packed weights keep their engine's kernels
+                model = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear: qconfig}, dtype=torch.qint8)
         self.max_tokens = max_tokens if max_tokens is not None else default_max_tokens(device.type, mode) or 0
         if mode == "bf16":
             # The values autocast would compute (it rounds each weight to bf16 the same way), without
@@ -97,6 +98,31 @@ class Runtime:
             pos = torch.from_numpy(positions).to(self.device) if positions is not None else None
             out = self.model(t["input_ids"], t["attention_mask"], t.get("token_type_ids"), positions=pos)
             return out.logits.float().cpu().numpy()
+
+
+def int8_engine() -> str:
+    """The quantized engine whose kernels the int8 linear layers get. torch's x86 default packs them
+    for fbgemm, which has no AMX kernels; oneDNN's run on AMX where the CPU has it:
+    `benchmarks/speed.py` int8 at 8 x 128, 6,972 -> 13,339 tok/s. Elsewhere torch's choice stands
+    (unmeasured). DISTILKIT_INT8_ENGINE names one (fbgemm, onednn, x86, ...) instead."""
+    engines = torch.backends.quantized.supported_engines
+    chosen = os.environ.get("DISTILKIT_INT8_ENGINE")
+    if chosen:
+        if chosen not in engines:
+            raise ValueError(f"DISTILKIT_INT8_ENGINE={chosen!r}: this torch has {', '.join(engines)}")
+        return chosen
+    amx = getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)()
+    return "onednn" if amx and "onednn" in engines else torch.backends.quantized.engine
+
+
+@contextlib.contextmanager
+def _quantized_engine(name: str):
+    before = torch.backends.quantized.engine
+    torch.backends.quantized.engine = name
+    try:
+        yield
+    finally:
+        torch.backends.quantized.engine = before
 
 
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters (malloc.h)
