@@ -102,8 +102,9 @@ class Runtime:
 
 def int8_engine() -> str:
     """The quantized engine whose kernels the int8 linear layers get. torch's x86 default packs them
-    for fbgemm, which has no AMX kernels; oneDNN's run on AMX where the CPU has it:
-    `benchmarks/speed.py` int8 at 8 x 128, 6,972 -> 13,339 tok/s. Elsewhere torch's choice stands
+    for fbgemm, which has no AMX kernels; oneDNN's run on AMX where the CPU has it: encoder at
+    8 x 128 6,553 -> 10,606 tok/s, QA end to end 31.4 -> 49.3 q/s (`benchmarks/run.py --only
+    speed,speed-int8-fbgemm,pipelines-int8,pipelines-int8-fbgemm`). Elsewhere torch's choice stands
     (unmeasured). DISTILKIT_INT8_ENGINE names one (fbgemm, onednn, x86, ...) instead."""
     engines = torch.backends.quantized.supported_engines
     chosen = os.environ.get("DISTILKIT_INT8_ENGINE")
@@ -135,7 +136,7 @@ def retain_freed_memory() -> bool:
     faulted its activations in again page by page: 12,256 minor faults per 8 x 128 fp32 forward on
     our machine (`benchmarks/speed.py`), none once the thresholds are fixed (OpenVINO sets them too;
     Intel's launchers preload jemalloc for the same reason). `benchmarks/pipelines.py --mode bf16`
-    QA 49.8 -> 61.7 q/s; encoder 8 x 128 int8 +33%, bf16 +11%. Process-wide, glibc only, applied
+    QA 49.8 -> 61.7 q/s; encoder 8 x 128 int8 (on fbgemm) +33%, bf16 +11%. Process-wide, glibc only, applied
     once; DISTILKIT_RETAIN_MEMORY=0 leaves malloc alone. Returns whether it is on."""
     global _retained
     if _retained or os.environ.get("DISTILKIT_RETAIN_MEMORY", "1") == "0" or not sys.platform.startswith("linux"):
