@@ -74,6 +74,21 @@ def test_int8_takes_onednn_where_the_cpu_has_amx(monkeypatch):
     assert int8_engine() == torch.backends.quantized.engine
 
 
+def test_bf16_warns_on_a_cpu_that_would_emulate_it(checkpoint, monkeypatch):
+    import warnings
+
+    model = load_model(checkpoint("distilbert", "question-answering"))
+    for probe in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"):
+        monkeypatch.setattr(torch.cpu, probe, lambda: False, raising=False)
+    with pytest.warns(UserWarning, match="emulated"):
+        Runtime(model, mode="bf16")
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True, raising=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        Runtime(model, mode="bf16")
+        Runtime(model, mode="fp32")
+
+
 def test_unknown_mode_and_int8_off_cpu_are_refused(checkpoint):
     model = load_model(checkpoint("distilbert", "question-answering"))
     with pytest.raises(ValueError, match="unknown mode"):

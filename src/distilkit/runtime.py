@@ -14,6 +14,7 @@ import copy
 import ctypes
 import os
 import sys
+import warnings
 
 import numpy as np
 import torch
@@ -49,6 +50,9 @@ class Runtime:
             with _quantized_engine(int8_engine()):  # the packed weights keep their engine's kernels
                 model = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear: qconfig}, dtype=torch.qint8)
         self.max_tokens = max_tokens if max_tokens is not None else default_max_tokens(device.type, mode) or 0
+        if mode == "bf16" and device.type == "cpu" and not cpu_has_bf16():
+            warnings.warn("mode='bf16' on a CPU without AVX512-BF16 or AMX: bf16 arithmetic is emulated there "
+                          "and no faster than fp32; use fp32 (or int8)", stacklevel=2)
         if mode == "bf16":
             # The values autocast would compute (it rounds each weight to bf16 the same way), without
             # re-casting ~all the parameters on every forward; layer norms and embeddings stay fp32.
@@ -98,6 +102,12 @@ class Runtime:
             pos = torch.from_numpy(positions).to(self.device) if positions is not None else None
             out = self.model(t["input_ids"], t["attention_mask"], t.get("token_type_ids"), positions=pos)
             return out.logits.float().cpu().numpy()
+
+
+def cpu_has_bf16() -> bool:
+    """Whether this CPU computes in bf16 natively (AVX512-BF16 or AMX), where the bf16 mode pays."""
+    probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(getattr(torch.cpu, name, lambda: False)() for name in probes)
 
 
 def int8_engine() -> str:
