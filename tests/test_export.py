@@ -67,3 +67,17 @@ def test_exported_pipeline_imports_no_torch(checkpoint, tmp_path):
             "print(qa(question='Who?', context='Bob is here.')['answer'] is not None, 'torch' in sys.modules)")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert result.stdout.split() == ["True", "False"], result.stderr
+
+
+def test_a_mode_the_export_lacks_is_a_clear_error(checkpoint, tmp_path):
+    from distilkit.errors import InputError
+
+    out = export_onnx(checkpoint("distilbert", "question-answering"), tmp_path / "onnx")
+    with pytest.raises(InputError, match="from the torch checkpoint") as err:
+        pipeline("question-answering", model=out, mode="int8")  # exported without --int8
+    assert err.value.field == "mode"
+    request = '{"input_data": {"question": "Who?", "context": "Bob is here."}}'
+    cli = subprocess.run([sys.executable, "-m", "distilkit.cli", "predict", "question-answering", "--model", str(out),
+                          "--mode", "bf16"], input=request, capture_output=True, text=True, timeout=60)
+    assert cli.returncode == 2 and "Traceback" not in cli.stderr, cli.stderr
+    assert '"field": "mode"' in cli.stderr

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from .batching import DEFAULT_MAX_BATCH
+from .errors import InputError
 
 # task name -> (module, class)
 TASKS = {
@@ -69,7 +70,7 @@ def pipeline(
         tokenizer = tokenizer if tokenizer is not None else path
         if is_export(path):  # `distilkit export` output: ONNX Runtime, no torch import
             if device not in (None, "cpu"):
-                raise ValueError("exported ONNX models run on the CPU; pass device=None or 'cpu'")
+                raise InputError("exported ONNX models run on the CPU; pass device=None or 'cpu'", "device")
             runtime = OnnxRuntime(path, mode=mode, threads=threads)
         else:
             from .checkpoint import load_model

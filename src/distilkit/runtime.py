@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from .batching import CPU_BF16_MAX_TOKENS, default_max_tokens
+from .errors import InputError
 from .heads import MaskedLMHead, Model
 
 MODES = ("fp32", "bf16", "int8")
@@ -34,10 +35,10 @@ class Runtime:
     def __init__(self, model: Model, device: str | torch.device | None = None, mode: str = "fp32",
                  threads: int | None = None, owned: bool = False, max_tokens: int | None = None):
         if mode not in MODES:
-            raise ValueError(f"unknown mode {mode!r}; expected one of {MODES}")
+            raise InputError(f"unknown mode {mode!r}; expected one of {MODES}", "mode")
         device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         if mode == "int8" and device.type != "cpu":
-            raise ValueError("mode='int8' (dynamic quantization) runs on the CPU only; use bf16 on a GPU")
+            raise InputError("mode='int8' (dynamic quantization) runs on the CPU only; use bf16 on a GPU", "mode")
         if threads:
             torch.set_num_threads(threads)
         if device.type == "cpu":

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from .config import ModelConfig
+from .errors import InputError
 
 EXPORT_META = "distilkit_export.json"
 FILES = {"fp32": "model.onnx", "int8": "model.int8.onnx"}
@@ -41,7 +42,9 @@ class OnnxRuntime:
         path = Path(path)
         meta = json.loads((path / EXPORT_META).read_text())
         if mode not in FILES or FILES[mode] not in meta["files"]:
-            raise ValueError(f"{path} has no {mode} model; exported: {', '.join(meta['files'])}")
+            have = ", ".join(m for m, f in FILES.items() if f in meta["files"])
+            raise InputError(f"{path} is an ONNX export with {have} models, no {mode} one: run mode {mode!r} "
+                             f"from the torch checkpoint it was exported from ({meta.get('source')})", "mode")
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if threads:
