@@ -31,6 +31,7 @@ BENCHMARKS = [
      ["--n", "64", "--rounds", "2", "--mode", "bf16", "--task", "qa"], {"DISTILKIT_RETAIN_MEMORY": "0"}),
     ("pipelines-onnx-int8", "pipelines.py", ["--n", "256", "--rounds", "3", "--mode", "onnx-int8", "--task", "qa"],
      ["--n", "64", "--rounds", "2", "--mode", "onnx-int8", "--task", "qa"]),
+    ("latency", "latency.py", ["--n", "48"], ["--n", "16"]),
     ("token-budget", "token_budget.py", ["--rounds", "5"], ["--n", "64", "--rounds", "2", "--budgets", "1024,2048"]),
     ("speed", "speed.py", ["--batch", "8", "--tokens", "128", "--rounds", "5"], ["--rounds", "2"]),
     ("speed-384", "speed.py", ["--batch", "8", "--tokens", "384", "--rounds", "5", "--skip-cold", "--fp32-study"],

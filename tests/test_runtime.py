@@ -30,11 +30,26 @@ def test_bf16_equals_autocast_and_leaves_the_callers_model_alone(checkpoint, fam
     with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
         want = model(torch.from_numpy(b["input_ids"]), torch.from_numpy(b["attention_mask"])).logits.float().numpy()
     runtime = Runtime(model, mode="bf16")
-    if PackedLinear.supported():  # on CPUs with bf16 support the weights are also prepacked for oneDNN
+    if PackedLinear.supported(torch.bfloat16):  # on CPUs with bf16 support the weights are also prepacked for oneDNN
         assert not any(isinstance(m, torch.nn.Linear) for m in runtime.model.modules())
     got = runtime.forward(b)
     np.testing.assert_array_equal(got, want)  # the linear layers cast (and packed) once give autocast's very values
     assert {p.dtype for p in model.parameters()} == {torch.float32}  # a copy was cast, not the caller's model
+
+
+@pytest.mark.skipif(not PackedLinear.supported(torch.float32), reason="no oneDNN in this torch")
+def test_fp32_prepacks_a_model_it_owns_and_computes_the_same(checkpoint):
+    path = checkpoint("bert", "masked-lm")
+    b = batch()
+    borrowed = load_model(path)
+    plain = Runtime(borrowed)  # a model handed over in memory (one being trained, say): used as it is
+    assert plain.model is borrowed and any(isinstance(m, torch.nn.Linear) for m in borrowed.modules())
+    owned = Runtime(load_model(path), owned=True)
+    assert not any(isinstance(m, torch.nn.Linear) for m in owned.model.modules())
+    assert any(isinstance(m, PackedLinear) and m.dtype == torch.float32 for m in owned.model.modules())
+    np.testing.assert_allclose(owned.forward(b), plain.forward(b), rtol=0, atol=1e-5)  # oneDNN's rounding, not MKL's
+    positions = np.array([1, 3, 8])
+    np.testing.assert_allclose(owned.forward(b, positions), plain.forward(b, positions), rtol=0, atol=1e-5)
 
 
 def test_bf16_and_int8_stay_close_to_fp32(checkpoint):

@@ -19,7 +19,7 @@ import warnings
 import numpy as np
 import torch
 
-from .batching import CPU_BF16_MAX_TOKENS, default_max_tokens
+from .batching import CPU_BF16_MAX_TOKENS, DEFAULT_MAX_TOKENS, default_max_tokens
 from .errors import InputError
 from .heads import MaskedLMHead, Model
 
@@ -28,7 +28,8 @@ MODES = ("fp32", "bf16", "int8")
 
 class Runtime:
     """owned: the runtime may change `model` in place (bf16 casts its linear layers once, instead of
-    autocast casting every weight on every call); otherwise it works on a copy and leaves `model` as it is.
+    autocast casting every weight on every call; fp32 on a CPU prepacks them for oneDNN); otherwise bf16
+    works on a copy and fp32 on `model` as it is (no copy of a model being trained, for instance).
     max_tokens: padded tokens per forward pass above which a batch runs in slices of rows (default:
     batching.default_max_tokens for the device and mode, 1024 on a CPU, 2048 in bf16; 0 turns slicing off)."""
 
@@ -63,8 +64,10 @@ class Runtime:
                     m.to(torch.bfloat16)
             if isinstance(model.head, MaskedLMHead):
                 model.head.projection = model.encoder.embed.word.weight.detach().to(torch.bfloat16)
-            if device.type == "cpu" and PackedLinear.supported():
+            if device.type == "cpu" and PackedLinear.supported(torch.bfloat16):
                 _replace_linears(model, lambda m: PackedLinear(m, self.max_tokens or CPU_BF16_MAX_TOKENS))
+        if mode == "fp32" and owned and device.type == "cpu" and PackedLinear.supported(torch.float32):
+            _replace_linears(model, lambda m: PackedLinear(m, self.max_tokens or DEFAULT_MAX_TOKENS["cpu"]))
         self.model = model
         self.cfg = model.cfg
         self.device = device
@@ -163,24 +166,27 @@ def retain_freed_memory() -> bool:
 
 
 class PackedLinear(torch.nn.Module):
-    """A bf16 linear layer whose weight oneDNN reorders into its blocked layout once, at load,
-    instead of on every call (what inductor's weight freezing does for CPU bf16). Same values as
-    the bf16 nn.Linear under autocast; `benchmarks/pipelines.py --mode bf16` QA 45.4 -> 54.3 q/s.
-    rows_hint: the rows a call usually has, from which oneDNN picks the layout."""
+    """A linear layer (bf16 or fp32) whose weight oneDNN reorders into its blocked layout once, at
+    load, instead of on every call (what inductor's weight freezing does on a CPU). bf16: the values
+    of the bf16 nn.Linear under autocast; `benchmarks/pipelines.py --mode bf16` QA 45.4 -> 54.3 q/s.
+    fp32: the same product up to rounding (oneDNN's kernels instead of MKL's); the per-call repacking
+    it saves weighs most on few rows: `benchmarks/latency.py`. rows_hint: the rows a call usually
+    has, from which oneDNN picks the layout."""
 
     def __init__(self, linear: torch.nn.Linear, rows_hint: int):
         super().__init__()
         self.in_features, self.out_features = linear.in_features, linear.out_features
+        self.dtype = linear.weight.dtype
         self.weight = torch.ops.mkldnn._reorder_linear_weight(linear.weight.detach(), rows_hint)
         self.bias = linear.bias.detach() if linear.bias is not None else None
 
     @staticmethod
-    def supported() -> bool:
+    def supported(dtype: torch.dtype) -> bool:
         return (torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
-                and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+                and (dtype != torch.bfloat16 or torch.ops.mkldnn._is_mkldnn_bf16_supported()))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.ops.mkldnn._linear_pointwise(x.to(torch.bfloat16), self.weight, self.bias, "none", [], "")
+        return torch.ops.mkldnn._linear_pointwise(x.to(self.dtype), self.weight, self.bias, "none", [], "")
 
 
 def _replace_linears(model: torch.nn.Module, make) -> None:

@@ -1,0 +1,97 @@
+"""One request at a time: the latency of answering a single SQuAD question or filling a single
+mask, the way a real-time endpoint without concurrent traffic sees it, against the transformers
+pipelines (and Optimum's int8 QA model, with optimum-onnx installed).
+
+    python benchmarks/latency.py [--n 48] [--modes fp32,fp32-unpacked,bf16,int8,onnx-int8]
+
+Every engine answers the same requests; request by request the engines take turns (the order
+alternating), so the host's noise hits each alike. Prints the median and 90th-percentile
+milliseconds per request and the ratio of medians to the transformers pipeline. "fp32-unpacked":
+distilkit fp32 on a model handed over in memory, which the runtime does not repack (its linear
+layers stay on MKL, repacking their weights on every call) — what oneDNN's prepacked weights gain.
+Models: DistilBERT-base-sized, random weights with the real tokenizer (as benchmarks/pipelines.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from pipelines import build_checkpoints, mask_sentences, optimum_int8_qa, ours_pipeline, squad_examples
+
+
+def engines_for(task: str, checkpoint: Path, modes: list[str]) -> dict:
+    import transformers as T
+
+    from distilkit import pipeline
+    from distilkit.checkpoint import load_model
+
+    engines = {"transformers": T.pipeline(task, model=str(checkpoint))}
+    for mode in modes:
+        if mode == "fp32-unpacked":
+            head = "question-answering" if task == "question-answering" else "masked-lm"
+            engines[f"distilkit {mode}"] = pipeline(task, model=load_model(checkpoint, head=head),
+                                                    tokenizer=checkpoint)
+        else:
+            engines[f"distilkit {mode}"] = ours_pipeline(task, checkpoint, mode)
+    return engines
+
+
+def measure(name: str, engines: dict, requests: list) -> dict:
+    def call(engine, request):
+        return engine(**request) if isinstance(request, dict) else engine(request)
+
+    for engine in engines.values():  # warm-up
+        call(engine, requests[0])
+    times = {label: [] for label in engines}
+    for i, request in enumerate(requests):
+        for label in (list(engines) if i % 2 == 0 else list(engines)[::-1]):
+            started = time.perf_counter()
+            call(engines[label], request)
+            times[label].append(time.perf_counter() - started)
+    base = statistics.median(times["transformers"])
+    print(f"\n{name}, {len(requests)} requests one at a time (ms per request):")
+    print(f"  {'engine':26s} {'median':>8s} {'p90':>8s} {'vs transformers':>16s}")
+    out = {"task": name}
+    for label, ts in times.items():
+        med, p90 = statistics.median(ts), statistics.quantiles(ts, n=10)[-1]
+        out[label] = med * 1e3
+        print(f"  {label:26s} {med * 1e3:8.1f} {p90 * 1e3:8.1f} {base / med:15.2f}x")
+    return out
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--n", type=int, default=48, help="requests per task")
+    ap.add_argument("--modes", default="fp32,fp32-unpacked,bf16,int8,onnx-int8")
+    ap.add_argument("--task", default="all", choices=["qa", "fill-mask", "all"])
+    args = ap.parse_args(argv)
+
+    import torch
+    import transformers as T
+
+    print(f"torch {torch.__version__} ({torch.get_num_threads()} threads), transformers {T.__version__}")
+    modes = args.modes.split(",")
+    results = []
+    with tempfile.TemporaryDirectory() as tmp:
+        checkpoints = build_checkpoints(Path(tmp))
+        if args.task in ("qa", "all"):
+            engines = engines_for("question-answering", checkpoints["qa"], modes)
+            optimum = optimum_int8_qa(checkpoints["qa"], Path(tmp))
+            if optimum is not None:
+                engines["optimum int8"] = optimum
+            results.append(measure("question answering", engines, squad_examples(args.n)))
+        if args.task in ("fill-mask", "all"):
+            engines = engines_for("fill-mask", checkpoints["fill-mask"], modes)
+            results.append(measure("fill-mask", engines, mask_sentences(args.n)))
+    print(json.dumps(results))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
