@@ -12,7 +12,7 @@ import torch
 
 from distilkit.checkpoint import load_model
 from distilkit.pipelines import pipeline
-from distilkit.runtime import PackedLinear, Runtime, int8_engine
+from distilkit.runtime import PackedLinear, Runtime, bucket_length, int8_engine
 
 
 def batch() -> dict[str, np.ndarray]:
@@ -50,6 +50,38 @@ def test_fp32_prepacks_a_model_it_owns_and_computes_the_same(checkpoint):
     np.testing.assert_allclose(owned.forward(b), plain.forward(b), rtol=0, atol=1e-5)  # oneDNN's rounding, not MKL's
     positions = np.array([1, 3, 8])
     np.testing.assert_allclose(owned.forward(b, positions), plain.forward(b, positions), rtol=0, atol=1e-5)
+
+
+def test_length_buckets_are_few_and_cost_little_padding():
+    lengths = {n: bucket_length(n) for n in range(1, 513)}
+    assert all(n <= b <= n + 3 or b <= n * 17 / 16 for n, b in lengths.items())
+    assert len(set(lengths.values())) <= 65 and bucket_length(512) == 512 and bucket_length(384) == 384
+
+
+@pytest.mark.parametrize("family,head", [("distilbert", "question-answering"), ("bert", "sequence-classification"),
+                                         ("roberta", "token-classification"), ("distilbert", "masked-lm")])
+@pytest.mark.parametrize("mode", ["fp32", "bf16", "int8"])
+def test_length_buckets_leave_the_logits_alone(checkpoint, monkeypatch, family, head, mode):
+    path = checkpoint(family, head)
+    runtimes = {}
+    for on in ("1", "0"):
+        monkeypatch.setenv("DISTILKIT_LENGTH_BUCKETS", on)
+        runtimes[on] = Runtime(load_model(path), mode=mode, owned=True)
+    if not runtimes["1"].length_buckets:
+        pytest.skip(f"{mode} does not run on oneDNN here")
+    pad = 1 if family == "roberta" else 0
+    rng = np.random.default_rng(0)
+    for T in (7, 70, 126):  # 70 -> 72; 126 -> 128, past the tiny models' 128 positions less RoBERTa's offset
+        ids = rng.integers(5, 90, size=(3, T))
+        ids[1, T // 2:] = pad
+        b = {"input_ids": ids, "attention_mask": (ids != pad).astype(np.int64)}
+        got, want = runtimes["1"].forward(b), runtimes["0"].forward(b)
+        assert got.shape == want.shape
+        np.testing.assert_allclose(got, want, rtol=0, atol=0.05 if mode != "fp32" else 1e-5)
+        if head == "masked-lm":
+            positions = np.array([1, T + 2, 2 * T + T - 1])
+            np.testing.assert_allclose(runtimes["1"].forward(b, positions), runtimes["0"].forward(b, positions),
+                                       rtol=0, atol=0.05 if mode != "fp32" else 1e-5)
 
 
 def test_bf16_and_int8_stay_close_to_fp32(checkpoint):

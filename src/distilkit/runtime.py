@@ -45,12 +45,15 @@ class Runtime:
         if device.type == "cpu":
             retain_freed_memory()
         model = model.eval().to(device)
+        onednn = False  # whether oneDNN runs the linear layers
         if mode == "int8":
             # Per-channel weight scales: on a real QA model (benchmarks/agreement.py) they keep 64% of
             # fp32's answer spans where one scale per tensor keeps 53%, at the same speed.
             qconfig = torch.ao.quantization.per_channel_dynamic_qconfig
-            with _quantized_engine(int8_engine()):  # the packed weights keep their engine's kernels
+            engine = int8_engine()
+            with _quantized_engine(engine):  # the packed weights keep their engine's kernels
                 model = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear: qconfig}, dtype=torch.qint8)
+            onednn = engine == "onednn"
         self.max_tokens = max_tokens if max_tokens is not None else default_max_tokens(device.type, mode) or 0
         if mode == "bf16" and device.type == "cpu" and not cpu_has_bf16():
             warnings.warn("mode='bf16' on a CPU without AVX512-BF16 or AMX: bf16 arithmetic is emulated there "
@@ -66,8 +69,13 @@ class Runtime:
                 model.head.projection = model.encoder.embed.word.weight.detach().to(torch.bfloat16)
             if device.type == "cpu" and PackedLinear.supported(torch.bfloat16):
                 _replace_linears(model, lambda m: PackedLinear(m, self.max_tokens or CPU_BF16_MAX_TOKENS))
+            onednn = device.type == "cpu" and PackedLinear.supported(torch.bfloat16)
         if mode == "fp32" and owned and device.type == "cpu" and PackedLinear.supported(torch.float32):
             _replace_linears(model, lambda m: PackedLinear(m, self.max_tokens or DEFAULT_MAX_TOKENS["cpu"]))
+            onednn = True
+        # oneDNN builds (and JIT-compiles) a primitive for every new shape: padding to a bounded set of
+        # lengths lets a stream of requests of every length reuse them (see bucket_length).
+        self.length_buckets = onednn and os.environ.get("DISTILKIT_LENGTH_BUCKETS", "1") != "0"
         self.model = model
         self.cfg = model.cfg
         self.device = device
@@ -83,7 +91,19 @@ class Runtime:
         into the flattened (B*T) tokens. On a CPU a batch of more than `max_tokens` padded tokens runs
         as consecutive slices of rows: the same logits, faster (see batching.default_max_tokens)."""
         B, T = batch["input_ids"].shape
-        rows = max(1, self.max_tokens // T) if self.max_tokens else B
+        rows = max(1, self.max_tokens // T) if self.max_tokens else B  # before the length bucket's padding
+        padded = min(bucket_length(T), self.cfg.max_positions - self.cfg.position_offset) if self.length_buckets else T
+        if padded <= T:
+            return self._forward_sliced(batch, positions, rows)
+        pad = {k: np.pad(v, ((0, 0), (0, padded - T)), constant_values=self.cfg.pad_token_id if k == "input_ids" else 0)
+               for k, v in batch.items()}
+        if positions is not None:
+            return self._forward_sliced(pad, positions // T * padded + positions % T, rows)
+        logits = self._forward_sliced(pad, None, rows)
+        return logits[:, :T] if logits.ndim > 2 else logits  # per-token logits lose the padding
+
+    def _forward_sliced(self, batch: dict[str, np.ndarray], positions: np.ndarray | None, rows: int) -> np.ndarray:
+        B, T = batch["input_ids"].shape
         if rows >= B:
             return self._forward(batch, positions)
         if positions is None:
@@ -187,6 +207,16 @@ class PackedLinear(torch.nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.ops.mkldnn._linear_pointwise(x.to(self.dtype), self.weight, self.bias, "none", [], "")
+
+
+def bucket_length(tokens: int) -> int:
+    """`tokens` rounded up to a sixteenth of its power of two, and to 4 at least: 20 -> 20, 21 -> 24,
+    200 -> 208, 300 -> 304. Up to 512 tokens that makes 64 lengths, with under 6.25% of padding from 64
+    tokens on. oneDNN builds and JIT-compiles a primitive for every new shape of a product (a bf16
+    768 x 3072 one: 4 ms to build, 0.8 ms to run, on our machine) and keeps 1,024 of them: requests of
+    every length would otherwise rebuild them again and again (`benchmarks/latency.py`)."""
+    step = max(4, 1 << max(0, tokens.bit_length() - 5))
+    return -(-tokens // step) * step
 
 
 def _replace_linears(model: torch.nn.Module, make) -> None:
