@@ -54,8 +54,8 @@ def test_fp32_prepacks_a_model_it_owns_and_computes_the_same(checkpoint):
 
 def test_length_buckets_are_few_and_cost_little_padding():
     lengths = {n: bucket_length(n) for n in range(1, 513)}
-    assert all(n <= b <= n + 3 or b <= n * 17 / 16 for n, b in lengths.items())
-    assert len(set(lengths.values())) <= 65 and bucket_length(512) == 512 and bucket_length(384) == 384
+    assert all(n <= b < n * 17 / 16 for n, b in lengths.items())
+    assert len(set(lengths.values())) <= 96 and bucket_length(512) == 512 and bucket_length(384) == 384
 
 
 @pytest.mark.parametrize("family,head", [("distilbert", "question-answering"), ("bert", "sequence-classification"),
@@ -71,7 +71,7 @@ def test_length_buckets_leave_the_logits_alone(checkpoint, monkeypatch, family, 
         pytest.skip(f"{mode} does not run on oneDNN here")
     pad = 1 if family == "roberta" else 0
     rng = np.random.default_rng(0)
-    for T in (7, 70, 126):  # 70 -> 72; 126 -> 128, past the tiny models' 128 positions less RoBERTa's offset
+    for T in (7, 69, 126):  # 69 -> 72; 126 -> 128, past the tiny models' 128 positions less RoBERTa's offset
         ids = rng.integers(5, 90, size=(3, T))
         ids[1, T // 2:] = pad
         b = {"input_ids": ids, "attention_mask": (ids != pad).astype(np.int64)}

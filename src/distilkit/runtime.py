@@ -210,12 +210,12 @@ class PackedLinear(torch.nn.Module):
 
 
 def bucket_length(tokens: int) -> int:
-    """`tokens` rounded up to a sixteenth of its power of two, and to 4 at least: 20 -> 20, 21 -> 24,
-    200 -> 208, 300 -> 304. Up to 512 tokens that makes 64 lengths, with under 6.25% of padding from 64
-    tokens on. oneDNN builds and JIT-compiles a primitive for every new shape of a product (a bf16
-    768 x 3072 one: 4 ms to build, 0.8 ms to run, on our machine) and keeps 1,024 of them: requests of
-    every length would otherwise rebuild them again and again (`benchmarks/latency.py`)."""
-    step = max(4, 1 << max(0, tokens.bit_length() - 5))
+    """`tokens` rounded up to a sixteenth of its power of two: 20 -> 20, 41 -> 42, 200 -> 208,
+    300 -> 304. Up to 512 tokens that makes 96 lengths, each under 6.25% of padding. oneDNN builds and
+    JIT-compiles a primitive for every new shape of a product (a bf16 768 x 3072 one: 4 ms to build,
+    0.8 ms to run, on our machine) and keeps 1,024 of them: requests of every length would otherwise
+    rebuild them again and again (`benchmarks/latency.py`)."""
+    step = 1 << max(0, tokens.bit_length() - 5)
     return -(-tokens // step) * step
 
 
