@@ -68,6 +68,30 @@ def measure(name: str, engines: dict, requests: list, warm: list) -> dict:
     return out
 
 
+def primitive_cost(k: int = 768, n: int = 3072) -> None:
+    """What a new shape costs oneDNN: one prepacked bf16 (or fp32) k x n product, first called at a
+    row count it has not seen (oneDNN builds and JIT-compiles a primitive) and then again."""
+    import torch
+
+    from distilkit.runtime import PackedLinear
+
+    for dtype in (torch.bfloat16, torch.float32):
+        if not PackedLinear.supported(dtype):
+            continue
+        layer = PackedLinear(torch.nn.Linear(k, n).to(dtype), 1024)
+        first, again = [], []
+        with torch.inference_mode():
+            for rows in range(301, 341):
+                x = torch.randn(rows, k, dtype=dtype)
+                for times in (first, again):
+                    started = time.perf_counter()
+                    layer(x)
+                    times.append(time.perf_counter() - started)
+        print(f"oneDNN {k} x {n} {str(dtype).removeprefix('torch.')} product, 301-340 rows: first call at a "
+              f"new row count {statistics.median(first) * 1e3:.2f} ms, "
+              f"the same call again {statistics.median(again) * 1e3:.2f} ms")
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, default=48, help="timed requests per task")
@@ -80,6 +104,7 @@ def main(argv=None) -> int:
     import transformers as T
 
     print(f"torch {torch.__version__} ({torch.get_num_threads()} threads), transformers {T.__version__}")
+    primitive_cost()
     modes = args.modes.split(",")
     results = []
     with tempfile.TemporaryDirectory() as tmp:
