@@ -71,7 +71,7 @@ class Runtime:
                 model.head.projection = model.encoder.embed.word.weight.detach().to(torch.bfloat16)
             if device.type == "cpu" and PackedLinear.supported(torch.bfloat16):
                 _replace_linears(model, lambda m: PackedLinear(m, self.max_tokens or CPU_BF16_MAX_TOKENS))
-            onednn = device.type == "cpu" and PackedLinear.supported(torch.bfloat16)
+                onednn = True
         if mode == "fp32" and owned and device.type == "cpu" and PackedLinear.supported(torch.float32):
             _replace_linears(model, lambda m: PackedLinear(m, self.max_tokens or DEFAULT_MAX_TOKENS["cpu"]))
             onednn = True
