@@ -32,13 +32,13 @@ def engines_for(task: str, checkpoint: Path, modes: list[str]) -> dict:
 
     from distilkit import pipeline
     from distilkit.checkpoint import load_model
+    from distilkit.pipelines import task_class
 
     engines = {"transformers": T.pipeline(task, model=str(checkpoint))}
     for mode in modes:
         if mode == "fp32-unpacked":
-            head = "question-answering" if task == "question-answering" else "masked-lm"
-            engines[f"distilkit {mode}"] = pipeline(task, model=load_model(checkpoint, head=head),
-                                                    tokenizer=checkpoint)
+            model = load_model(checkpoint, head=task_class(task).head)
+            engines[f"distilkit {mode}"] = pipeline(task, model=model, tokenizer=checkpoint)
         else:
             engines[f"distilkit {mode}"] = ours_pipeline(task, checkpoint, mode)
     return engines

@@ -49,8 +49,8 @@ class Runtime:
         model = model.eval().to(device)
         onednn = False  # whether oneDNN runs the linear layers
         if mode == "int8":
-            # Per-channel weight scales: on a real QA model (benchmarks/agreement.py) they keep 64% of
-            # fp32's answer spans where one scale per tensor keeps 53%, at the same speed.
+            # Per-channel weight scales: on a real QA model (benchmarks/agreement.py, fbgemm's kernels)
+            # they kept 64% of fp32's answer spans where one scale per tensor kept 53%, at the same speed.
             qconfig = torch.ao.quantization.per_channel_dynamic_qconfig
             engine = int8_engine()
             with _quantized_engine(engine):  # the packed weights keep their engine's kernels
@@ -130,10 +130,14 @@ class Runtime:
             return out.logits.float().cpu().numpy()
 
 
+def _cpu_has(probe: str) -> bool:
+    """torch.cpu's private feature probe `probe` (e.g. "_is_amx_tile_supported"); False where absent."""
+    return getattr(torch.cpu, probe, lambda: False)()
+
+
 def cpu_has_bf16() -> bool:
     """Whether this CPU computes in bf16 natively (AVX512-BF16 or AMX), where the bf16 mode pays."""
-    probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
-    return any(getattr(torch.cpu, name, lambda: False)() for name in probes)
+    return _cpu_has("_is_avx512_bf16_supported") or _cpu_has("_is_amx_tile_supported")
 
 
 def int8_engine() -> str:
@@ -148,7 +152,7 @@ def int8_engine() -> str:
         if chosen not in engines:
             raise ValueError(f"DISTILKIT_INT8_ENGINE={chosen!r}: this torch has {', '.join(engines)}")
         return chosen
-    amx = getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)()
+    amx = _cpu_has("_is_amx_tile_supported")
     return "onednn" if amx and "onednn" in engines else torch.backends.quantized.engine
 
 
@@ -214,9 +218,10 @@ class PackedLinear(torch.nn.Module):
 def bucket_length(tokens: int) -> int:
     """`tokens` rounded up to a sixteenth of its power of two: 20 -> 20, 41 -> 42, 200 -> 208,
     300 -> 304. Up to 512 tokens that makes 96 lengths, each under 6.25% of padding. oneDNN builds and
-    JIT-compiles a primitive for every new shape of a product (a bf16 768 x 3072 one: 4 ms to build,
-    0.8 ms to run, on our machine) and keeps 1,024 of them: requests of every length would otherwise
-    rebuild them again and again (`benchmarks/latency.py`)."""
+    JIT-compiles a primitive for every new shape of a product (a bf16 768 x 3072 one: 4.8 ms for the
+    first call at a new row count, 1.0 ms for the same call again on our machine; `benchmarks/latency.py`
+    prints it) and keeps 1,024 of them: requests of every length would otherwise rebuild them again
+    and again (latency.py, DISTILKIT_LENGTH_BUCKETS=0)."""
     step = 1 << max(0, tokens.bit_length() - 5)
     return -(-tokens // step) * step
 
