@@ -10,7 +10,8 @@ Engines: transformers fp32 (reference), distilkit fp32 / bf16 / int8 (torch; plu
 row slicing when the batch exceeds the CPU token budget), and, with
 onnxruntime installed, distilkit's ONNX export fp32 / int8; with --compile, fp32 and bf16 under
 `torch.compile` (inductor, dynamic shapes), whose warm-up is printed; with --fp32-study, where
-distilkit fp32's time goes (the linear layers' share of a profiled pass and their GEMM rate) and an
+distilkit fp32's time goes (the linear layers' share of a profiled pass and their GEMM rate), its
+ceiling (those products back to back, and attention, alone) and an
 fp32 engine on MKL's prepacked weights, which PyTorch uses only for calls of exactly the row count
 packed for (true here, not of length-grouped batches: why distilkit does not ship it). Cold start: a fresh process
 from `python -c` to the first answer, torch checkpoint vs exported model. "page faults": the
@@ -70,7 +71,7 @@ def main(argv=None) -> int:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--skip-cold", action="store_true")
     ap.add_argument("--compile", action="store_true", help="add torch.compile'd fp32 and bf16 engines")
-    ap.add_argument("--fp32-study", action="store_true", help="profile fp32; add an MKL-packed fp32 engine")
+    ap.add_argument("--fp32-study", action="store_true", help="profile fp32, measure its ceiling; add an MKL-packed fp32 engine")
     args = ap.parse_args(argv)
 
     import numpy as np
@@ -228,6 +229,47 @@ def linear_share(runtime, batch, cfg, args, roof: float, passes: int = 3) -> Non
           f"{rate:.0f} GFLOP/s ({rate / roof:.0%} of the 2048^3 GEMM); the rest: "
           + ", ".join(f"{e.key} {e.self_cpu_time_total / 1e6 / total:.0%}"
                       for e in [e for e in events if e.key not in linear_ops][:5]))
+    ceiling(runtime, cfg, args, roof)
+
+
+def ceiling(runtime, cfg, args, roof: float, rounds: int = 7) -> None:
+    """The most this fp32 encoder could reach with everything but its products free: the pass's
+    linear layers run back to back on one slice's rows (no attention, GELU or norms in between), and
+    its attention alone on that slice's sequences; the encoder's FLOPs over their summed median time."""
+    import torch.nn.functional as F
+
+    from distilkit.runtime import PackedLinear
+
+    seqs = min(args.batch, max(1, runtime.max_tokens // args.tokens))  # sequences per slice of rows
+    rows, slices = seqs * args.tokens, -(-args.batch // seqs)
+    linears = [m for m in runtime.model.encoder.layers.modules() if isinstance(m, PackedLinear)]
+    inputs = {m.in_features: torch.randn(rows, m.in_features) for m in linears}
+    hd = cfg.dim // cfg.n_heads
+    q, k, v = (torch.randn(seqs, cfg.n_heads, args.tokens, hd) for _ in range(3))  # no mask: no padding here
+
+    def products():
+        for m in linears:
+            m(inputs[m.in_features])
+
+    def attention():
+        for _ in range(cfg.n_layers):
+            F.scaled_dot_product_attention(q, k, v)
+
+    times = {}
+    for name, fn in (("products", products), ("attention", attention)):
+        fn()
+        ts = []
+        for _ in range(rounds):
+            t = time.perf_counter()
+            fn()
+            ts.append(time.perf_counter() - t)
+        times[name] = statistics.median(ts) * slices
+    d, f, L, n = cfg.dim, cfg.ffn_dim, cfg.n_layers, args.batch * args.tokens
+    linear_flops, attention_flops = L * 2 * (4 * d * d + 2 * d * f) * n, L * 4 * args.tokens * d * n
+    rate = {k: fl / times[k] / 1e9 / roof for k, fl in (("products", linear_flops), ("attention", attention_flops))}
+    best = (linear_flops + attention_flops) / sum(times.values()) / 1e9 / roof
+    print(f"ceiling, {slices} slices of {rows} rows: the linear layers alone, back to back, {rate['products']:.0%} "
+          f"of the 2048^3 GEMM; attention alone {rate['attention']:.0%}; both and nothing else: {best:.0%}")
 
 
 def _ref_forward(ref, batch):
