@@ -7,7 +7,9 @@ pipelines (and Optimum's int8 QA model, with optimum-onnx installed).
 Every engine first answers --warm other requests, untimed, as a server that has been up a while has
 (oneDNN, behind bf16, int8 and packed fp32, builds a primitive for each new shape it meets); then
 all answer the same --n requests, request by request taking turns (the order alternating), so the
-host's noise hits each alike. Prints the median and 90th-percentile
+host's noise hits each alike, each after a --pause of a quarter second (pipelines.settle: ONNX
+Runtime's threads spin on after a run and would slow the engine after them; a quiet endpoint's
+request arrives after a pause too). Prints the median and 90th-percentile
 milliseconds per request and the ratio of medians to the transformers pipeline. "fp32-unpacked":
 distilkit fp32 on a model handed over in memory, which the runtime does not repack (its linear
 layers stay on MKL, repacking their weights on every call) — what oneDNN's prepacked weights gain.
@@ -24,7 +26,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from pipelines import build_checkpoints, mask_sentences, optimum_int8_qa, ours_pipeline, squad_examples
+from pipelines import build_checkpoints, mask_sentences, optimum_int8_qa, ours_pipeline, squad_examples, timed
 
 
 def engines_for(task: str, checkpoint: Path, modes: list[str]) -> dict:
@@ -44,7 +46,7 @@ def engines_for(task: str, checkpoint: Path, modes: list[str]) -> dict:
     return engines
 
 
-def measure(name: str, engines: dict, requests: list, warm: list) -> dict:
+def measure(name: str, engines: dict, requests: list, warm: list, pause: float) -> dict:
     def call(engine, request):
         return engine(**request) if isinstance(request, dict) else engine(request)
 
@@ -54,9 +56,7 @@ def measure(name: str, engines: dict, requests: list, warm: list) -> dict:
     times = {label: [] for label in engines}
     for i, request in enumerate(requests):
         for label in (list(engines) if i % 2 == 0 else list(engines)[::-1]):
-            started = time.perf_counter()
-            call(engines[label], request)
-            times[label].append(time.perf_counter() - started)
+            times[label].append(timed(lambda: call(engines[label], request), pause))
     base = statistics.median(times["transformers"])
     print(f"\n{name}, {len(requests)} requests one at a time, after {len(warm)} others (ms per request):")
     print(f"  {'engine':26s} {'median':>8s} {'p90':>8s} {'vs transformers':>16s}")
@@ -98,6 +98,7 @@ def main(argv=None) -> int:
     ap.add_argument("--warm", type=int, default=200, help="untimed requests per task and engine first")
     ap.add_argument("--modes", default="fp32,fp32-unpacked,bf16,int8,onnx-int8")
     ap.add_argument("--task", default="all", choices=["qa", "fill-mask", "all"])
+    ap.add_argument("--pause", type=float, default=0.25, help="untimed seconds before each request (0: none)")
     args = ap.parse_args(argv)
 
     import torch
@@ -115,11 +116,11 @@ def main(argv=None) -> int:
             if optimum is not None:
                 engines["optimum int8"] = optimum
             examples = squad_examples(args.n + args.warm)
-            results.append(measure("question answering", engines, examples[:args.n], examples[args.n:]))
+            results.append(measure("question answering", engines, examples[:args.n], examples[args.n:], args.pause))
         if args.task in ("fill-mask", "all"):
             engines = engines_for("fill-mask", checkpoints["fill-mask"], modes)
             sentences = mask_sentences(args.n + args.warm)
-            results.append(measure("fill-mask", engines, sentences[:args.n], sentences[args.n:]))
+            results.append(measure("fill-mask", engines, sentences[:args.n], sentences[args.n:], args.pause))
     print(json.dumps(results))
     return 0
 
