@@ -12,7 +12,7 @@ import torch
 
 from distilkit.checkpoint import load_model
 from distilkit.pipelines import pipeline
-from distilkit.runtime import PackedLinear, Runtime, bucket_length, int8_engine
+from distilkit.runtime import Int8Linear, PackedLinear, Runtime, _quantized_engine, bucket_length, int8_engine
 
 
 def batch() -> dict[str, np.ndarray]:
@@ -110,6 +110,23 @@ def test_int8_on_each_quantized_engine_stays_close_to_fp32(checkpoint, monkeypat
     monkeypatch.setenv("DISTILKIT_INT8_ENGINE", "fp4")
     with pytest.raises(ValueError, match="DISTILKIT_INT8_ENGINE"):
         Runtime(model, mode="int8")
+
+
+@pytest.mark.skipif("onednn" not in torch.backends.quantized.supported_engines, reason="no oneDNN quantized engine")
+def test_int8_on_onednn_quantizes_activations_to_all_256_levels(checkpoint, monkeypatch):
+    monkeypatch.setenv("DISTILKIT_INT8_ENGINE", "onednn")
+    runtime = Runtime(load_model(checkpoint("distilbert", "question-answering")), mode="int8")
+    int32_sums = torch.cpu._is_amx_tile_supported() or torch.cpu._is_vnni_supported()
+    assert any(isinstance(m, Int8Linear) for m in runtime.model.modules()) == int32_sums
+    if not int32_sums:
+        pytest.skip("this CPU's oneDNN int8 kernels add products in int16: torch's 128 levels stay")
+    torch.manual_seed(0)
+    with _quantized_engine("onednn"):
+        layer = torch.ao.quantization.quantize_dynamic(torch.nn.Sequential(torch.nn.Linear(256, 64)), dtype=torch.qint8)[0]
+    x = torch.randn(32, 256)
+    exact = torch.nn.functional.linear(x, layer.weight().dequantize(), layer.bias())  # the weights' rounding aside
+    ours, theirs = ((f(x) - exact).abs().mean() for f in (Int8Linear(layer), layer))
+    assert ours < 0.6 * theirs, (ours, theirs)  # half torch's step for the activations: about half the error
 
 
 def test_int8_takes_onednn_where_the_cpu_has_amx(monkeypatch):
