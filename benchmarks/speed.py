@@ -245,6 +245,9 @@ def ceiling(runtime, cfg, args, roof: float, rounds: int = 7) -> None:
     seqs = min(args.batch, max(1, runtime.max_tokens // args.tokens))  # sequences per slice of rows
     rows, slices = seqs * args.tokens, -(-args.batch // seqs)
     linears = [m for m in runtime.model.encoder.layers.modules() if isinstance(m, PackedLinear)]
+    if not linears:
+        print("ceiling: this torch has no oneDNN linear layers to time")
+        return
     inputs = {m.in_features: torch.randn(rows, m.in_features) for m in linears}
     hd = cfg.dim // cfg.n_heads
     q, k, v = (torch.randn(seqs, cfg.n_heads, args.tokens, hd) for _ in range(3))  # no mask: no padding here
