@@ -142,15 +142,16 @@ def main(argv=None) -> int:
     roof = gemm_roofline()
     print(f"\nencoder, batch {args.batch} x {args.tokens} tokens, {torch.get_num_threads()} threads, "
           f"median of {args.rounds} interleaved rounds; 2048^3 GEMM: fp32 {roof['float32']:.0f} GFLOP/s, "
-          f"bf16 {roof['bfloat16']:.0f} GFLOP/s")
-    print(f"{'engine':26s} {'tokens/s':>10s} {'GFLOP/s':>9s} {'of fp32 GEMM':>13s} {'vs transformers':>16s} "
-          f"{'page faults':>12s}")
-    results = {"gemm fp32 GFLOP/s": roof["float32"], "gemm bf16 GFLOP/s": roof["bfloat16"]}
+          f"bf16 {roof['bfloat16']:.0f} GFLOP/s, int8 {roof['int8']:.0f} GOP/s")
+    print(f"{'engine':26s} {'tokens/s':>10s} {'GFLOP/s':>9s} {'of fp32 GEMM':>13s} {'of own GEMM':>12s} "
+          f"{'vs transformers':>16s} {'page faults':>12s}")
+    results = {f"gemm {k} GFLOP/s": v for k, v in roof.items()}  # GOP/s for int8
     for name, ts in times.items():
         m = statistics.median(ts)
         results[name] = n_tok / m
+        own = roof["int8" if "int8" in name else "bfloat16" if "bf16" in name else "float32"]  # its precision's GEMM
         print(f"{name:26s} {n_tok / m:10.0f} {flops / m / 1e9:9.1f} {flops / m / 1e9 / roof['float32']:12.0%} "
-              f"{base / m:15.2f}x {statistics.median(faults[name]):12.0f}")
+              f"{flops / m / 1e9 / own:11.0%} {base / m:15.2f}x {statistics.median(faults[name]):12.0f}")
 
     if args.fp32_study:
         linear_share(runtimes["fp32"], batch, cfg, args, roof["float32"])
@@ -184,17 +185,23 @@ def cold_start(code: str) -> tuple[float, float]:
 
 
 def gemm_roofline(rounds: int = 10) -> dict[str, float]:
-    """GFLOP/s of a 2048^3 matrix product in fp32 and bf16 with torch's threads: what the machine
-    allows, so the best of `rounds` (the host's noise only ever slows a round down)."""
+    """GFLOP/s (GOP/s for int8) of a 2048^3 matrix product in fp32, bf16 and int8 with torch's
+    threads: what the machine allows, so the best of `rounds` (the host's noise only ever slows a
+    round down)."""
 
     out = {}
-    for dtype in (torch.float32, torch.bfloat16):
-        a, b = torch.randn(2048, 2048, dtype=dtype), torch.randn(2048, 2048, dtype=dtype)
-        a @ b
+    for dtype in (torch.float32, torch.bfloat16, torch.int8):
+        if dtype == torch.int8:  # int8 x int8 -> int32, oneDNN's kernels (AMX where the CPU has it)
+            a, b = (torch.randint(-128, 128, (2048, 2048), dtype=dtype) for _ in range(2))
+            product = torch._int_mm
+        else:
+            a, b = torch.randn(2048, 2048, dtype=dtype), torch.randn(2048, 2048, dtype=dtype)
+            product = torch.matmul
+        product(a, b)
         ts = []
         for _ in range(rounds):
             t = time.perf_counter()
-            a @ b
+            product(a, b)
             ts.append(time.perf_counter() - t)
         out[str(dtype).removeprefix("torch.")] = 2 * 2048 ** 3 / min(ts) / 1e9
     return out
