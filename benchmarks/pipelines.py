@@ -80,7 +80,8 @@ def mask_sentences(n: int) -> list[str]:
 def settle(seconds: float = 0.25) -> None:
     """An untimed pause before an engine's turn, so that the engine before it has gone idle: ONNX
     Runtime's worker threads keep spinning for tens of milliseconds after a run, and the next engine
-    would pay for them (a bf16 QA request right after an Optimum one: 54 ms, after 0.2 s: 24 ms)."""
+    would pay for them (`latency.py --task qa --modes bf16 --pause 0`, where bf16 follows Optimum
+    every other turn: 34.4 ms a question; 26.2 with the pause, in the README's table)."""
     time.sleep(seconds)
 
 

@@ -3,8 +3,8 @@
 Modes: "fp32" (the reference numerics; on a CPU the linear layers of a model the runtime owns are
 prepacked for oneDNN), "bf16" (bf16 linear layers, prepacked for oneDNN on a CPU, under autocast;
 CPUs with AVX512-BF16/AMX and GPUs) and "int8" (dynamic quantization of the linear layers with
-per-channel weight scales, CPU; oneDNN's kernels, with 8-bit activations, where there is AMX). Batches that oneDNN runs are
-padded to bucketed lengths (bucket_length). On a CPU, freed activation memory stays in the heap for
+per-channel weight scales, CPU; oneDNN's kernels, with 8-bit activations, where there is AMX).
+Batches that oneDNN runs are padded to bucketed lengths (bucket_length). On a CPU, freed activation memory stays in the heap for
 the next pass (retain_freed_memory). Tasks hand in numpy batches and get float32 numpy logits back;
 they never touch torch.
 """
