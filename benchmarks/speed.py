@@ -5,6 +5,7 @@ downloaded here; the compute is the real model's) on the same batches, interleav
 in one process because the host is noisy; medians and ratios are printed.
 
     python benchmarks/speed.py [--batch 8] [--tokens 128] [--rounds 5] [--skip-cold] [--compile] [--fp32-study]
+        [--pause 0.25]
 
 Engines: transformers fp32 (reference), distilkit fp32 / bf16 / int8 (torch; plus fp32 without
 row slicing when the batch exceeds the CPU token budget), and, with
@@ -60,9 +61,18 @@ def build(workdir: Path) -> tuple[Path, Path]:
 def encoder_flops(cfg, batch: int, seq: int) -> float:
     """FLOPs (2 x multiply-adds) of one encoder forward over `batch` sequences of `seq` tokens:
     projections and feed-forward, plus the attention products (QK^T and AV)."""
-    d, f, L = cfg.dim, cfg.ffn_dim, cfg.n_layers
-    per_token = L * 2 * (4 * d * d + 2 * d * f + 2 * seq * d)
-    return per_token * batch * seq
+    return linear_flops(cfg, batch * seq) + attention_flops(cfg, batch, seq)
+
+
+def linear_flops(cfg, tokens: int) -> float:
+    """FLOPs of the encoder's linear layers (q, k, v, output, FFN up and down) over `tokens` tokens."""
+    d, f = cfg.dim, cfg.ffn_dim
+    return cfg.n_layers * 2 * (4 * d * d + 2 * d * f) * tokens
+
+
+def attention_flops(cfg, batch: int, seq: int) -> float:
+    """FLOPs of the attention products, QK^T and AV, over `batch` sequences of `seq` tokens."""
+    return cfg.n_layers * 2 * 2 * seq * cfg.dim * batch * seq
 
 
 def main(argv=None) -> int:
@@ -73,6 +83,7 @@ def main(argv=None) -> int:
     ap.add_argument("--skip-cold", action="store_true")
     ap.add_argument("--compile", action="store_true", help="add torch.compile'd fp32 and bf16 engines")
     ap.add_argument("--fp32-study", action="store_true", help="profile fp32, measure its ceiling; add an MKL-packed fp32 engine")
+    ap.add_argument("--pause", type=float, default=0.25, help="untimed seconds before each engine's turn (0: none)")
     args = ap.parse_args(argv)
 
     import numpy as np
@@ -129,7 +140,7 @@ def main(argv=None) -> int:
     for r in range(args.rounds):
         names = list(engines) if r % 2 == 0 else list(engines)[::-1]
         for name in names:
-            settle()  # the engine before has gone idle (ONNX Runtime's threads spin on after a run)
+            settle(args.pause)  # the engine before has gone idle (ONNX Runtime's threads spin on after a run)
             before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
             t = time.perf_counter()
             engines[name]()
@@ -231,9 +242,7 @@ def linear_share(runtime, batch, cfg, args, roof: float, passes: int = 3) -> Non
     total = sum(e.self_cpu_time_total for e in events) / 1e6
     linear_ops = ("aten::addmm", "aten::mm", "mkldnn::_linear_pointwise")
     gemm = sum(e.self_cpu_time_total for e in events if e.key in linear_ops) / 1e6
-    d, f, L = cfg.dim, cfg.ffn_dim, cfg.n_layers
-    linear_flops = passes * L * 2 * (4 * d * d + 2 * d * f) * args.batch * args.tokens
-    rate = linear_flops / gemm / 1e9
+    rate = passes * linear_flops(cfg, args.batch * args.tokens) / gemm / 1e9
     print(f"\ndistilkit fp32, {passes} profiled passes: linear layers {gemm / total:.0%} of the time at "
           f"{rate:.0f} GFLOP/s ({rate / roof:.0%} of the 2048^3 GEMM); the rest: "
           + ", ".join(f"{e.key} {e.self_cpu_time_total / 1e6 / total:.0%}"
@@ -276,10 +285,9 @@ def ceiling(runtime, cfg, args, roof: float, rounds: int = 7) -> None:
             fn()
             ts.append(time.perf_counter() - t)
         times[name] = statistics.median(ts) * slices
-    d, f, L, n = cfg.dim, cfg.ffn_dim, cfg.n_layers, args.batch * args.tokens
-    linear_flops, attention_flops = L * 2 * (4 * d * d + 2 * d * f) * n, L * 4 * args.tokens * d * n
-    rate = {k: fl / times[k] / 1e9 / roof for k, fl in (("products", linear_flops), ("attention", attention_flops))}
-    best = (linear_flops + attention_flops) / sum(times.values()) / 1e9 / roof
+    work = {"products": linear_flops(cfg, args.batch * args.tokens), "attention": attention_flops(cfg, args.batch, args.tokens)}
+    rate = {k: work[k] / times[k] / 1e9 / roof for k in work}
+    best = sum(work.values()) / sum(times.values()) / 1e9 / roof
     print(f"ceiling, {slices} slices of {rows} rows: the linear layers alone, back to back, {rate['products']:.0%} "
           f"of the 2048^3 GEMM; attention alone {rate['attention']:.0%}; both and nothing else: {best:.0%}")
 

@@ -4,9 +4,9 @@ Modes: "fp32" (the reference numerics; on a CPU the linear layers of a model the
 prepacked for oneDNN), "bf16" (bf16 linear layers, prepacked for oneDNN on a CPU, under autocast;
 CPUs with AVX512-BF16/AMX and GPUs) and "int8" (dynamic quantization of the linear layers with
 per-channel weight scales, CPU; oneDNN's kernels, with 8-bit activations, where there is AMX).
-Batches that oneDNN runs are padded to bucketed lengths (bucket_length). On a CPU, freed activation memory stays in the heap for
-the next pass (retain_freed_memory). Tasks hand in numpy batches and get float32 numpy logits back;
-they never touch torch.
+Batches that oneDNN runs are padded to bucketed lengths (bucket_length). On a CPU, freed activation
+memory stays in the heap for the next pass (retain_freed_memory). Tasks hand in numpy batches and
+get float32 numpy logits back; they never touch torch.
 """
 
 from __future__ import annotations
@@ -220,9 +220,9 @@ class PackedLinear(torch.nn.Module):
 def bucket_length(tokens: int) -> int:
     """`tokens` rounded up to a sixteenth of its power of two: 20 -> 20, 41 -> 42, 200 -> 208,
     300 -> 304. Up to 512 tokens that makes 96 lengths, each under 6.25% of padding. oneDNN builds and
-    JIT-compiles a primitive for every new shape of a product (a bf16 768 x 3072 one: 4.8 ms for the
-    first call at a new row count, 1.0 ms for the same call again on our machine; `benchmarks/latency.py`
-    prints it) and keeps 1,024 of them: requests of every length would otherwise rebuild them again
+    JIT-compiles a primitive for every new shape of a product (a bf16 768 x 3072 one: 4.8 to 9.7 ms
+    for the first call at a new row count, 0.8 to 1.0 ms for the same call again on our machine;
+    `benchmarks/latency.py` prints it) and keeps 1,024 of them: requests of every length would otherwise rebuild them again
     and again (latency.py, DISTILKIT_LENGTH_BUCKETS=0)."""
     step = 1 << max(0, tokens.bit_length() - 5)
     return -(-tokens // step) * step
