@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Annotated, Any, Iterator, Literal, Sequence
 
 from . import io as rio
+from .config import Mode
 from .errors import InputError
 
 MANIFEST_VERSION = 1
@@ -103,7 +104,7 @@ def run_batch(
                                       f"(default {DEFAULT_CHUNK}; {DEFAULT_CHUNK_FILL_MASK} for fill-mask)"] = None,
     max_tokens: Annotated[int | None,
                           "padded tokens per forward pass (default: 1024 on CPU, 2048 in bf16, 16384 on GPU)"] = None,
-    mode: Annotated[Literal["fp32", "bf16", "int8"], "run mode"] = "fp32",
+    mode: Annotated[Mode, "run mode"] = "fp32",
     device: Annotated[str | None, "torch device (default: cuda when available, else cpu)"] = None,
     threads: Annotated[int | None, "torch CPU threads (per actor under Ray)"] = None,
     engine: Annotated[Literal["local", "ray"], "local threads, or Ray Data (pip install 'distilkit[ray]')"] = "local",

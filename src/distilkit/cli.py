@@ -9,6 +9,8 @@ import json
 import sys
 from typing import Sequence
 
+from .config import MODES
+
 # Subcommands implemented in their own modules: name -> (module with main(argv), one-line help).
 DELEGATED = {
     "serve": ("distilkit.serve.__main__", "start the HTTP endpoint (model-catalog JSON, dynamic batching)"),
@@ -49,7 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "or $DISTILKIT_MODEL)")
     p.add_argument("--input", help="request JSON file (default: stdin)")
     p.add_argument("--params", help="JSON object of task parameters, merged over the request's")
-    p.add_argument("--mode", default="fp32", choices=["fp32", "bf16", "int8"], help="run mode (default fp32)")
+    p.add_argument("--mode", default="fp32", choices=MODES, help="run mode (default fp32)")
     p.add_argument("--full", action="store_true",
                    help="question answering: full {score, start, end, answer} objects instead of answer strings")
     for name, (module, help_text) in DELEGATED.items():

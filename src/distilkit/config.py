@@ -10,9 +10,14 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal, get_args
 
 FAMILIES = ("distilbert", "bert", "roberta")
+
+# Run modes (runtime.Runtime; an exported model runs fp32 or int8): one list for the Python API, the
+# CLI, the server and the batch job, here because this module imports neither torch nor numpy.
+Mode = Literal["fp32", "bf16", "int8"]
+MODES: tuple[str, ...] = get_args(Mode)
 
 # HF architecture suffix -> our head name. The prefix (DistilBert/Bert/Roberta) is the family.
 ARCH_HEADS = {

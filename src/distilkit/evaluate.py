@@ -18,6 +18,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from .config import MODES
 from .metrics import classification_report, entity_scores, pseudo_perplexity, squad_v1, squad_v2, topk_accuracy
 
 
@@ -247,7 +248,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--max-question-len", type=int)
     parser.add_argument("--mask-fraction", type=float, default=0.15, help="fill-mask: share of tokens masked (1: all)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--mode", default="fp32", choices=["fp32", "bf16", "int8"])
+    parser.add_argument("--mode", default="fp32", choices=MODES)
     parser.add_argument("--output", help="write the JSON report here (default: stdout)")
     args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
     from .checkpoint import CheckpointError, ModelNotFoundError

@@ -22,11 +22,9 @@ import numpy as np
 import torch
 
 from .batching import CPU_BF16_MAX_TOKENS, DEFAULT_MAX_TOKENS, default_max_tokens
+from .config import MODES
 from .errors import InputError
 from .heads import MaskedLMHead, Model
-
-MODES = ("fp32", "bf16", "int8")
-
 
 class Runtime:
     """owned: the runtime may change `model` in place (bf16 casts its linear layers once, instead of
@@ -53,7 +51,12 @@ class Runtime:
             # they kept 64% of fp32's answer spans where one scale per tensor kept 53%, at the same speed.
             qconfig = torch.ao.quantization.per_channel_dynamic_qconfig
             engine = int8_engine()
-            with _quantized_engine(engine):  # the packed weights keep their engine's kernels
+            with _quantized_engine(engine), warnings.catch_warnings():  # packed weights keep their engine's kernels
+                # torch 2.13 deprecates torch.ao.quantization and quantized tensors in favour of torchao,
+                # whose int8 linears are fast only under torch.compile; these are still the fastest eager
+                # kernels (and the ones oneDNN runs on AMX). Told once to us, here, not on every int8 run.
+                warnings.filterwarnings("ignore", r"torch\.ao\.quantization is deprecated", DeprecationWarning)
+                warnings.filterwarnings("ignore", r"torch\.quantize_per_tensor, torch\.quantize_per_channel", UserWarning)
                 model = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear: qconfig}, dtype=torch.qint8)
             onednn = engine == "onednn"
             if onednn and (_cpu_has("_is_amx_tile_supported") or _cpu_has("_is_vnni_supported")):

@@ -12,6 +12,7 @@ import os
 import signal
 import sys
 
+from ..config import MODES
 from .app import ServeConfig
 
 ENV_API_KEY = "DISTILKIT_API_KEY"
@@ -34,7 +35,7 @@ def build_parser(prog: str = "distilkit serve") -> argparse.ArgumentParser:
                    help="fill-mask | question-answering | text-classification | token-classification")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0 for every interface)")
     p.add_argument("--port", type=int, default=8000, help="port to listen on")
-    p.add_argument("--mode", default=d.mode, choices=["fp32", "bf16", "int8"],
+    p.add_argument("--mode", default=d.mode, choices=MODES,
                    help="run mode (an exported model: fp32 or int8, on ONNX Runtime)")
     p.add_argument("--threads", type=int, default=None,
                    help="CPU threads for the model (default: torch's or ONNX Runtime's choice)")
