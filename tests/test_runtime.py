@@ -112,6 +112,22 @@ def test_int8_on_each_quantized_engine_stays_close_to_fp32(checkpoint, monkeypat
         Runtime(model, mode="int8")
 
 
+def test_int8_says_nothing_of_torchs_own_deprecations(checkpoint):
+    import warnings
+
+    model = load_model(checkpoint("distilbert", "question-answering"))
+
+    def deprecations(run) -> list[str]:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            run()
+        return [str(w.message) for w in caught if "deprecated" in str(w.message)]
+
+    assert deprecations(lambda: Runtime(model, mode="int8").forward(batch())) == []
+    # torch itself still warns (else this test proves nothing)
+    assert deprecations(lambda: torch.ao.quantization.quantize_dynamic(torch.nn.Sequential(torch.nn.Linear(8, 8))))
+
+
 @pytest.mark.skipif("onednn" not in torch.backends.quantized.supported_engines, reason="no oneDNN quantized engine")
 def test_int8_on_onednn_quantizes_activations_to_all_256_levels(checkpoint, monkeypatch):
     monkeypatch.setenv("DISTILKIT_INT8_ENGINE", "onednn")
