@@ -83,12 +83,13 @@ def test_a_mode_the_export_lacks_is_a_clear_error(checkpoint, tmp_path):
     assert '"field": "mode"' in cli.stderr
 
 
-def test_export_tells_the_user_nothing_they_cannot_act_on(checkpoint, tmp_path, caplog):
+@pytest.mark.parametrize("family,head", [("distilbert", "question-answering"), ("roberta", "masked-lm")])
+def test_export_tells_the_user_nothing_they_cannot_act_on(checkpoint, tmp_path, caplog, family, head):
     import warnings
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        export_onnx(checkpoint("distilbert", "question-answering"), tmp_path / "onnx", int8=True)
+        export_onnx(checkpoint(family, head), tmp_path / "onnx", int8=True)
     # Python shows users no DeprecationWarning raised inside a library (torch's about its TorchScript
     # exporter is addressed to us); every other warning reaches them, e.g. the tracer's about q, k, v.
     shown = [f"{w.category.__name__}: {w.message}" for w in caught if not issubclass(w.category, DeprecationWarning)]

@@ -10,6 +10,7 @@ import json
 import logging
 import shutil
 import sys
+import warnings
 from pathlib import Path
 
 import torch
@@ -66,7 +67,11 @@ def export_onnx(model: str | Path, out: str | Path, head: str | None = "auto", i
         axes["logits"] = {0: "n"}
     else:
         axes["logits"] = {0: "batch", 1: "tokens"} if m.head_name != "sequence-classification" else {0: "batch"}
-    with torch.no_grad():
+    with torch.no_grad(), warnings.catch_warnings():
+        # nn.Embedding checks padding_idx (RoBERTa's is 1) against the table's size, which the
+        # tracer sees as a tensor: a constant here, whatever the input.
+        warnings.filterwarnings("ignore", "Converting a tensor to a Python boolean", torch.jit.TracerWarning,
+                                "torch.nn.functional")
         torch.onnx.export(_Logits(m, with_types, with_positions), tuple(args), str(out / FILES["fp32"]),
                           input_names=names, output_names=["logits"], dynamic_axes=axes, opset_version=opset,
                           dynamo=False)
