@@ -19,7 +19,7 @@ DELEGATED = {
     "evaluate": ("distilkit.evaluate", "official metrics: SQuAD EM/F1, entity F1, accuracy, fill-mask"),
     "distill": ("distilkit.train.distill", "distil a student from a teacher"),
     "export": ("distilkit.export", "export a model to ONNX"),
-    "bench": ("distilkit.bench", "measure throughput against the reference"),
+    "bench": ("distilkit.bench", "measure each run mode's speed for a model on this machine"),
 }
 TASK_NAMES = ["question-answering", "fill-mask", "text-classification", "token-classification"]
 

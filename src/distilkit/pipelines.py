@@ -56,7 +56,6 @@ def pipeline(
     `options` are the task's default call parameters (top_k, ...).
     max_tokens: padded tokens per forward pass (default: 1024 on CPU, 2048 in bf16, 16384 on GPU)."""
     from .hub import resolve
-    from .runtime_onnx import OnnxRuntime, is_export
     from .tokenizer import Tokenizer
 
     cls = task_class(task)
@@ -68,18 +67,25 @@ def pipeline(
     else:
         path = resolve(model)
         tokenizer = tokenizer if tokenizer is not None else path
-        if is_export(path):  # `distilkit export` output: ONNX Runtime, no torch import
-            if device not in (None, "cpu"):
-                raise InputError("exported ONNX models run on the CPU; pass device=None or 'cpu'", "device")
-            runtime = OnnxRuntime(path, mode=mode, threads=threads)
-        else:
-            from .checkpoint import load_model
-
-            runtime = _torch_runtime(load_model(path, head=cls.head), device, mode, threads, max_tokens=max_tokens,
-                                     owned=True)
+        runtime = load_runtime(path, cls.head, device=device, mode=mode, threads=threads, max_tokens=max_tokens)
     if isinstance(tokenizer, (str, Path)):
         tokenizer = Tokenizer.from_pretrained(resolve(tokenizer))
     return cls(runtime, tokenizer, max_tokens=max_tokens, max_batch=max_batch, **options)
+
+
+def load_runtime(path: str | os.PathLike, head: str | None = "auto", *, device: str | None = None, mode: str = "fp32",
+                 threads: int | None = None, max_tokens: int | None = None):
+    """The runtime for a local model directory: ONNX Runtime for a `distilkit export` output (no
+    torch import), else the torch checkpoint with `head` (see checkpoint.load_model)."""
+    from .runtime_onnx import OnnxRuntime, is_export
+
+    if is_export(path):
+        if device not in (None, "cpu"):
+            raise InputError("exported ONNX models run on the CPU; pass device=None or 'cpu'", "device")
+        return OnnxRuntime(path, mode=mode, threads=threads)
+    from .checkpoint import load_model
+
+    return _torch_runtime(load_model(path, head=head), device, mode, threads, max_tokens=max_tokens, owned=True)
 
 
 def _torch_runtime(model, device, mode, threads, max_tokens=None, owned=False):
