@@ -12,7 +12,7 @@ import torch
 
 from distilkit.checkpoint import load_model
 from distilkit.pipelines import pipeline
-from distilkit.runtime import Int8Linear, PackedLinear, Runtime, _quantized_engine, bucket_length, int8_engine
+from distilkit.runtime import Int8Linear, PackedLinear, Runtime, _cpu_has, _quantized_engine, bucket_length, int8_engine
 
 
 def batch() -> dict[str, np.ndarray]:
@@ -33,7 +33,10 @@ def test_bf16_equals_autocast_and_leaves_the_callers_model_alone(checkpoint, fam
     if PackedLinear.supported(torch.bfloat16):  # on CPUs with bf16 support the weights are also prepacked for oneDNN
         assert not any(isinstance(m, torch.nn.Linear) for m in runtime.model.modules())
     got = runtime.forward(b)
-    np.testing.assert_array_equal(got, want)  # the linear layers cast (and packed) once give autocast's very values
+    if _cpu_has("_is_amx_tile_supported"):  # measured there: the same oneDNN kernel, packed or not
+        np.testing.assert_array_equal(got, want)  # the linear layers cast (and packed) once give autocast's very values
+    else:  # other kernels may sum a packed weight's blocks in another order: bf16 rounding apart
+        np.testing.assert_allclose(got, want, rtol=0, atol=2 ** -6 * np.abs(want).max())
     assert {p.dtype for p in model.parameters()} == {torch.float32}  # a copy was cast, not the caller's model
 
 
