@@ -131,21 +131,31 @@ def test_int8_says_nothing_of_torchs_own_deprecations(checkpoint):
     assert deprecations(lambda: torch.ao.quantization.quantize_dynamic(torch.nn.Sequential(torch.nn.Linear(8, 8))))
 
 
-@pytest.mark.skipif("onednn" not in torch.backends.quantized.supported_engines, reason="no oneDNN quantized engine")
-def test_int8_on_onednn_quantizes_activations_to_all_256_levels(checkpoint, monkeypatch):
-    monkeypatch.setenv("DISTILKIT_INT8_ENGINE", "onednn")
+@pytest.mark.parametrize("engine", [e for e in ("onednn", "fbgemm") if e in torch.backends.quantized.supported_engines])
+def test_int8_quantizes_activations_to_all_256_levels_where_the_cpu_adds_in_int32(checkpoint, monkeypatch, engine):
+    monkeypatch.setenv("DISTILKIT_INT8_ENGINE", engine)
     runtime = Runtime(load_model(checkpoint("distilbert", "question-answering")), mode="int8")
     int32_sums = torch.cpu._is_amx_tile_supported() or torch.cpu._is_vnni_supported()
     assert any(isinstance(m, Int8Linear) for m in runtime.model.modules()) == int32_sums
     if not int32_sums:
-        pytest.skip("this CPU's oneDNN int8 kernels add products in int16: torch's 128 levels stay")
+        pytest.skip("this CPU's int8 kernels add products in int16: torch's 128 levels stay")
     torch.manual_seed(0)
-    with _quantized_engine("onednn"):
+    with _quantized_engine(engine):
         layer = torch.ao.quantization.quantize_dynamic(torch.nn.Sequential(torch.nn.Linear(256, 64)), dtype=torch.qint8)[0]
     x = torch.randn(32, 256)
     exact = torch.nn.functional.linear(x, layer.weight().dequantize(), layer.bias())  # the weights' rounding aside
     ours, theirs = ((f(x) - exact).abs().mean() for f in (Int8Linear(layer), layer))
     assert ours < 0.6 * theirs, (ours, theirs)  # half torch's step for the activations: about half the error
+    # No saturation: activations near the top of the range against all-positive weights, where pairs of
+    # u8 x s8 products (255 x 127 x 2) would overflow an int16 sum.
+    with torch.no_grad():
+        layer_w = torch.nn.Linear(256, 64)
+        layer_w.weight.uniform_(0.04, 0.05)
+    with _quantized_engine(engine):
+        layer = torch.ao.quantization.quantize_dynamic(torch.nn.Sequential(layer_w), dtype=torch.qint8)[0]
+    x = 8 + 2 * torch.rand(32, 256)
+    exact = torch.nn.functional.linear(x, layer.weight().dequantize(), layer.bias())
+    assert ((Int8Linear(layer)(x) - exact).abs().max() / exact.abs().max()) < 0.01
 
 
 def test_int8_takes_onednn_where_the_cpu_has_amx(monkeypatch):

@@ -3,8 +3,8 @@
 Modes: "fp32" (the reference numerics; on a CPU the linear layers of a model the runtime owns are
 prepacked for oneDNN), "bf16" (bf16 linear layers, prepacked for oneDNN on a CPU, under autocast;
 CPUs with AVX512-BF16/AMX and GPUs) and "int8" (dynamic quantization of the linear layers with
-per-channel weight scales, CPU; oneDNN's kernels, with 8-bit activations, where there is AMX).
-Batches that oneDNN runs are padded to bucketed lengths (bucket_length). On a CPU, freed activation
+per-channel weight scales, CPU; oneDNN's kernels where there is AMX, 8-bit activations where there
+is AVX512-VNNI or AMX). Batches that oneDNN runs are padded to bucketed lengths (bucket_length). On a CPU, freed activation
 memory stays in the heap for the next pass (retain_freed_memory). Tasks hand in numpy batches and
 get float32 numpy logits back; they never touch torch.
 """
@@ -59,7 +59,7 @@ class Runtime:
                 warnings.filterwarnings("ignore", r"torch\.quantize_per_tensor, torch\.quantize_per_channel", UserWarning)
                 model = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear: qconfig}, dtype=torch.qint8)
             onednn = engine == "onednn"
-            if onednn and (_cpu_has("_is_amx_tile_supported") or _cpu_has("_is_vnni_supported")):
+            if engine in ("onednn", "fbgemm", "x86") and (_cpu_has("_is_amx_tile_supported") or _cpu_has("_is_vnni_supported")):
                 _replace_linears(model, Int8Linear, torch.ao.nn.quantized.dynamic.Linear)
         self.max_tokens = max_tokens if max_tokens is not None else default_max_tokens(device.type, mode) or 0
         if mode == "bf16" and device.type == "cpu" and not cpu_has_bf16():
@@ -235,10 +235,12 @@ class Int8Linear(torch.nn.Module):
     """torch's dynamically quantized linear layer (`quantize_dynamic`: int8 weights, activations
     quantized on every call with one scale per tensor) with all 256 levels for the activations.
     torch's own gives them 128 (`reduce_range`), which kernels that add pairs of u8 x s8 products
-    in int16 (fbgemm without VNNI) need against saturation; oneDNN's on AMX and AVX512-VNNI add them
-    in int32, where the halved resolution only costs accuracy. On the real QA model
-    (`benchmarks/agreement.py --modes fp32,int8`): 67.37% -> 79.33% of fp32's answer spans, F1
-    -2.98 -> -2.31 points, at the same speed."""
+    in int16 (AVX2 and AVX-512 without VNNI) need against saturation; with AVX512-VNNI or AMX,
+    oneDNN's and fbgemm's kernels add them in int32, where the halved resolution only costs
+    accuracy. On the real QA model (`benchmarks/agreement.py --modes fp32,int8`), at the same
+    speed: oneDNN's kernels 67.37% -> 79.33% of fp32's answer spans (F1 -2.98 -> -2.31 points),
+    fbgemm's (DISTILKIT_INT8_ENGINE=fbgemm, as on CPUs without AMX) 63.51% -> 80.70% (F1 -3.44 ->
+    -0.25)."""
 
     def __init__(self, layer: torch.nn.Module):  # a torch.ao.nn.quantized.dynamic.Linear
         super().__init__()
