@@ -58,3 +58,18 @@ def test_the_command_prints_a_table_or_json_and_refuses_bad_input_clearly(checkp
         with pytest.raises(SystemExit) as err:
             bench.main(small + bad)
         assert err.value.code == 2 and says in capsys.readouterr().err
+
+
+def test_an_export_is_measured_without_importing_torch(checkpoint, tmp_path):
+    import subprocess
+    import sys
+
+    pytest.importorskip("onnxruntime")
+    from distilkit.export import export_onnx
+
+    out = export_onnx(checkpoint("distilbert", "question-answering"), tmp_path / "onnx", int8=True)
+    code = ("import sys; from distilkit import bench; "
+            f"rows = bench.run({str(out)!r}, batch=1, tokens=8, rounds=1, pause=0); "
+            "print(*[r['mode'] for r in rows], 'torch' in sys.modules)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert result.stdout.split() == ["fp32", "int8", "False"], result.stderr
