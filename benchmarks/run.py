@@ -45,6 +45,8 @@ BENCHMARKS = [
     ("compile", "speed.py", ["--batch", "8", "--tokens", "128", "--rounds", "5", "--skip-cold", "--compile"],
      ["--rounds", "2", "--skip-cold", "--compile"]),
     ("agreement", "agreement.py", [], ["--limit", "200"]),
+    ("agreement-int8-fbgemm", "agreement.py", ["--modes", "fp32,int8"], ["--modes", "fp32,int8", "--limit", "200"],
+     {"DISTILKIT_INT8_ENGINE": "fbgemm"}),
     ("serve", "serve_load.py", ["--task", "text-classification", "--clients", "32", "--duration", "15"],
      ["--task", "text-classification", "--duration", "5", "--rounds", "1"]),
     ("batch", "batch_qa.py", ["--limit", "5000"], ["--limit", "200"]),

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import time
@@ -29,29 +30,26 @@ from .config import MODES
 from .errors import InputError
 
 
-def default_modes(model: str | Path, device: str | None = None) -> list[str]:
-    """The modes worth measuring for `model` here (see the module doc)."""
-    from .hub import resolve
-    from .runtime_onnx import FILES, EXPORT_META, is_export
+def default_modes(path: str | Path, device: str | None = None) -> list[str]:
+    """The modes worth measuring for the model directory `path` here (see the module doc)."""
+    from .runtime_onnx import EXPORT_META, FILES, is_export
 
-    path = resolve(model)
+    path = Path(path)
     if is_export(path):
         files = json.loads((path / EXPORT_META).read_text())["files"]
         return [m for m, f in FILES.items() if f in files]
-    import torch
+    from .runtime import cpu_has_bf16, default_device
 
-    from .runtime import cpu_has_bf16
-
-    cuda = (device or ("cuda" if torch.cuda.is_available() else "cpu")) != "cpu"
+    cuda = default_device(device).type != "cpu"
     return ["fp32"] + (["bf16"] if cuda or cpu_has_bf16() else []) + ([] if cuda else ["int8"])
 
 
 def example_batch(cfg, batch: int, tokens: int, seed: int = 0) -> dict[str, np.ndarray]:
     """Random ids of ordinary tokens (above the first 1,000 ids, where vocabularies keep their
     special and unused ones), no padding."""
-    limit = cfg.max_positions - cfg.position_offset
-    if not 1 <= tokens <= limit:
-        raise InputError(f"tokens must be between 1 and {limit} (this model's positions), got {tokens}", "tokens")
+    if not 1 <= tokens <= cfg.max_length:
+        raise InputError(f"tokens must be between 1 and {cfg.max_length} (this model's positions), got {tokens}",
+                         "tokens")
     if batch < 1:
         raise InputError(f"batch must be at least 1, got {batch}", "batch")
     rng = np.random.default_rng(seed)
@@ -67,16 +65,17 @@ def run(model: str | Path, modes: list[str] | None = None, batch: int = 8, token
     """One row per mode: {"mode", "tokens_per_s", "speedup", "max_logit_diff"}, against the first mode.
     pause: idle seconds before each timed pass, so that one engine's lingering threads (ONNX
     Runtime's spin for tens of milliseconds after a run) do not slow the next."""
-    modes = modes or default_modes(model, device)
+    from .hub import resolve
+    from .pipelines import load_runtime
+
+    path = resolve(model)
+    modes = modes or default_modes(path, device)
+    # before loading any: a bad name last in the list would otherwise surface after the others loaded
     unknown = [m for m in modes if m not in MODES]
     if unknown:
         raise InputError(f"unknown mode {unknown[0]!r}; expected some of {', '.join(MODES)}", "modes")
     if rounds < 1:
         raise InputError(f"rounds must be at least 1, got {rounds}", "rounds")
-    from .hub import resolve
-    from .pipelines import load_runtime
-
-    path = resolve(model)
     runtimes = {m: load_runtime(path, device=device, mode=m, threads=threads) for m in modes}
     first = runtimes[modes[0]]
     inputs = example_batch(first.cfg, batch, tokens)
@@ -100,8 +99,9 @@ def run(model: str | Path, modes: list[str] | None = None, batch: int = 8, token
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="distilkit bench", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", required=True, help="local directory (a checkpoint or a `distilkit export` output) or hub id")
-    ap.add_argument("--modes", help=f"comma-separated, first is the baseline (of {', '.join(MODES)}; default: see above)")
+    ap.add_argument("--model", required=True,
+                    help="local directory (a checkpoint or a `distilkit export` output) or hub id")
+    ap.add_argument("--modes", help=f"comma-separated, the first the baseline (of {', '.join(MODES)}; default: above)")
     ap.add_argument("--batch", type=int, default=8, help="rows per forward pass (default 8)")
     ap.add_argument("--tokens", type=int, default=128, help="tokens per row (default 128)")
     ap.add_argument("--rounds", type=int, default=5, help="timed passes per mode; the median counts (default 5)")
@@ -119,8 +119,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
-    import os
-
     print(f"{args.model}: batch {args.batch} x {args.tokens} tokens, median of {args.rounds} rounds, "
           f"{args.threads or 'default'} threads on {os.cpu_count()} cores")
     print(f"{'mode':6s} {'tokens/s':>10s} {'vs ' + rows[0]['mode']:>9s} {'max |logit diff|':>17s}")

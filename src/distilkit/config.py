@@ -70,6 +70,11 @@ class ModelConfig:
         return self.dim // self.n_heads
 
     @property
+    def max_length(self) -> int:
+        """Longest sequence the position table holds (RoBERTa's starts past the padding id)."""
+        return self.max_positions - self.position_offset
+
+    @property
     def num_labels(self) -> int:
         return len(self.id2label) or 2
 

@@ -4,9 +4,9 @@ Modes: "fp32" (the reference numerics; on a CPU the linear layers of a model the
 prepacked for oneDNN), "bf16" (bf16 linear layers, prepacked for oneDNN on a CPU, under autocast;
 CPUs with AVX512-BF16/AMX and GPUs) and "int8" (dynamic quantization of the linear layers with
 per-channel weight scales, CPU; oneDNN's kernels where there is AMX, 8-bit activations where there
-is AVX512-VNNI or AMX). Batches that oneDNN runs are padded to bucketed lengths (bucket_length). On a CPU, freed activation
-memory stays in the heap for the next pass (retain_freed_memory). Tasks hand in numpy batches and
-get float32 numpy logits back; they never touch torch.
+is AVX512-VNNI or AMX). Batches that oneDNN runs are padded to bucketed lengths (bucket_length).
+On a CPU, freed activation memory stays in the heap for the next pass (retain_freed_memory). Tasks
+hand in numpy batches and get float32 numpy logits back; they never touch torch.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from .config import MODES
 from .errors import InputError
 from .heads import MaskedLMHead, Model
 
+
 class Runtime:
     """owned: the runtime may change `model` in place (bf16 casts its linear layers once, instead of
     autocast casting every weight on every call; fp32 on a CPU prepacks them for oneDNN); otherwise bf16
@@ -37,7 +38,7 @@ class Runtime:
                  threads: int | None = None, owned: bool = False, max_tokens: int | None = None):
         if mode not in MODES:
             raise InputError(f"unknown mode {mode!r}; expected one of {MODES}", "mode")
-        device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        device = default_device(device)
         if mode == "int8" and device.type != "cpu":
             raise InputError("mode='int8' (dynamic quantization) runs on the CPU only; use bf16 on a GPU", "mode")
         if threads:
@@ -51,15 +52,16 @@ class Runtime:
             # they kept 64% of fp32's answer spans where one scale per tensor kept 53%, at the same speed.
             qconfig = torch.ao.quantization.per_channel_dynamic_qconfig
             engine = int8_engine()
-            with _quantized_engine(engine), warnings.catch_warnings():  # packed weights keep their engine's kernels
-                # torch 2.13 deprecates torch.ao.quantization and quantized tensors in favour of torchao,
-                # whose int8 linears are fast only under torch.compile; these are still the fastest eager
-                # kernels (and the ones oneDNN runs on AMX). Told once to us, here, not on every int8 run.
+            # The packed weights keep the engine's kernels. torch 2.13 deprecates torch.ao.quantization
+            # and quantized tensors in favour of torchao, whose CPU int8 kernels its wheel lacks; these
+            # are still the fastest eager ones. The notice is ours to act on, not every int8 user's.
+            with _quantized_engine(engine), warnings.catch_warnings():
                 warnings.filterwarnings("ignore", r"torch\.ao\.quantization is deprecated", DeprecationWarning)
                 warnings.filterwarnings("ignore", r"torch\.quantize_per_tensor, torch\.quantize_per_channel", UserWarning)
                 model = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear: qconfig}, dtype=torch.qint8)
             onednn = engine == "onednn"
-            if engine in ("onednn", "fbgemm", "x86") and (_cpu_has("_is_amx_tile_supported") or _cpu_has("_is_vnni_supported")):
+            int32_sums = _cpu_has("_is_amx_tile_supported") or _cpu_has("_is_vnni_supported")
+            if int32_sums and engine in ("onednn", "fbgemm", "x86"):
                 _replace_linears(model, Int8Linear, torch.ao.nn.quantized.dynamic.Linear)
         self.max_tokens = max_tokens if max_tokens is not None else default_max_tokens(device.type, mode) or 0
         if mode == "bf16" and device.type == "cpu" and not cpu_has_bf16():
@@ -99,7 +101,7 @@ class Runtime:
         as consecutive slices of rows: the same logits, faster (see batching.default_max_tokens)."""
         B, T = batch["input_ids"].shape
         rows = max(1, self.max_tokens // T) if self.max_tokens else B  # before the length bucket's padding
-        padded = min(bucket_length(T), self.cfg.max_positions - self.cfg.position_offset) if self.length_buckets else T
+        padded = min(bucket_length(T), self.cfg.max_length) if self.length_buckets else T
         if padded <= T:
             return self._forward_sliced(batch, positions, rows)
         pad = {k: np.pad(v, ((0, 0), (0, padded - T)), constant_values=self.cfg.pad_token_id if k == "input_ids" else 0)
@@ -133,6 +135,11 @@ class Runtime:
             pos = torch.from_numpy(positions).to(self.device) if positions is not None else None
             out = self.model(t["input_ids"], t["attention_mask"], t.get("token_type_ids"), positions=pos)
             return out.logits.float().cpu().numpy()
+
+
+def default_device(device: str | torch.device | None = None) -> torch.device:
+    """`device`, or cuda when there is one, else the CPU."""
+    return torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
 
 
 def _cpu_has(probe: str) -> bool:
@@ -225,8 +232,8 @@ def bucket_length(tokens: int) -> int:
     300 -> 304. Up to 512 tokens that makes 96 lengths, each under 6.25% of padding. oneDNN builds and
     JIT-compiles a primitive for every new shape of a product (a bf16 768 x 3072 one: 4.8 to 9.7 ms
     for the first call at a new row count, 0.8 to 1.0 ms for the same call again on our machine;
-    `benchmarks/latency.py` prints it) and keeps 1,024 of them: requests of every length would otherwise rebuild them again
-    and again (latency.py, DISTILKIT_LENGTH_BUCKETS=0)."""
+    `benchmarks/latency.py` prints it) and keeps 1,024 of them: requests of every length would
+    otherwise rebuild them again and again (latency.py, DISTILKIT_LENGTH_BUCKETS=0)."""
     step = 1 << max(0, tokens.bit_length() - 5)
     return -(-tokens // step) * step
 

@@ -87,8 +87,7 @@ class Task:
     @property
     def max_length(self) -> int:
         """Longest token sequence the model accepts."""
-        cfg = self.model.cfg
-        return min(self.tokenizer.model_max_length, cfg.max_positions - cfg.position_offset)
+        return min(self.tokenizer.model_max_length, self.model.cfg.max_length)
 
     # ------------------------------------------------------------------ the loop
     def run(self, inputs: Sequence[Any], **params: Any) -> list[Any]:
