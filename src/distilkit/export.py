@@ -1,6 +1,8 @@
-"""`distilkit export`: a checkpoint -> an ONNX model directory that `pipeline()` and the server
-load with ONNX Runtime, no torch needed. fp32 always; `--int8` adds a dynamically quantized copy
-(int8 weights of the linear layers with a scale per output channel, activations quantized on the fly)."""
+"""`distilkit export`: a checkpoint -> a model directory that `pipeline()` and the server load with
+ONNX Runtime (`--format onnx`, the default) or OpenVINO (`--format openvino`), no torch needed. fp32
+always (OpenVINO also runs it in bf16); `--int8` adds an int8 copy: int8 weights of the linear layers
+with a scale per output channel, activations quantized on the fly (ONNX dynamic) or with the ranges
+measured on `--calibrate DATA` (static: ONNX Runtime's quantizer, or NNCF for OpenVINO)."""
 
 from __future__ import annotations
 
@@ -17,7 +19,9 @@ import torch
 from torch import nn
 
 from .checkpoint import load_model, resolve
+from .errors import InputError
 from .heads import Model
+from .quantize import DEFAULT_EXAMPLES, calibration_batches, quantize_onnx_static, quantize_openvino
 from .runtime_onnx import EXPORT_META, FILES
 
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt",
@@ -39,15 +43,85 @@ class _Logits(nn.Module):
 
 
 def export_onnx(model: str | Path, out: str | Path, head: str | None = "auto", int8: bool = False,
-                opset: int = 17) -> Path:
+                opset: int = 17, calibrate: str | Path | None = None,
+                calibrate_limit: int = DEFAULT_EXAMPLES) -> Path:
     """Write `out`/model.onnx (+ model.int8.onnx), each with its weights in a .data file beside it,
-    config.json, tokenizer files and the export meta."""
+    config.json, tokenizer files and the export meta. int8: dynamic quantization, or static with the
+    activation ranges of the first `calibrate_limit` examples of the task in `calibrate` (quantize.py)."""
+    src, m = _load(model, head)
+    out = Path(out)
+    names = _trace(m, out / FILES["fp32"], opset)
+    files = [FILES["fp32"]]
+    if int8:
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+
+        untied = _untie_initializers(out / FILES["fp32"], out / "model.untied.onnx")
+        if calibrate is not None:
+            batches = calibration_batches(m, m.head_name, calibrate, calibrate_limit,
+                                          with_positions="positions" in names, tokenizer=src)
+            with _quiet_root_log("pre-processing before quantization"):
+                quantize_onnx_static(untied, out / FILES["int8"], batches)
+        else:
+            with _quiet_root_log("pre-processing before quantization"):
+                # The quantizer advises ONNX Runtime's quant_pre_process first (for static quantization);
+                # on this graph it made the dynamic int8 model slower, as did ONNX Runtime's transformer
+                # optimizer, whose fused ops the session's own optimizations already give.
+                quantize_dynamic(str(untied), str(out / FILES["int8"]), weight_type=QuantType.QInt8,
+                                 op_types_to_quantize=["MatMul", "Gemm"], per_channel=True)
+        untied.unlink()
+        files.append(FILES["int8"])
+    for name in files:
+        _external_weights(out / name)
+    _write_meta(src, m, out, model, {"files": files, "inputs": names, "opset": opset,
+                                     "int8": None if not int8 else "static" if calibrate is not None else "dynamic"})
+    return out
+
+
+def export_openvino(model: str | Path, out: str | Path, head: str | None = "auto", int8: bool = False,
+                    calibrate: str | Path | None = None, calibrate_limit: int = DEFAULT_EXAMPLES,
+                    opset: int = 17) -> Path:
+    """Write `out`/openvino_model.xml/.bin (fp32; run as fp32 or bf16) and, with int8, the NNCF
+    statically quantized openvino_model.int8.xml/.bin calibrated on `calibrate`, plus config.json,
+    tokenizer files and the export meta. OpenVINO converts the same traced ONNX graph."""
+    import tempfile
+
+    import openvino as ov
+
+    from .runtime_openvino import FILES as OV_FILES
+
+    if int8 and calibrate is None:
+        raise InputError("an OpenVINO int8 export is statically quantized: pass calibration examples of the "
+                         "model's task (--calibrate DATA)", "calibrate")
+    src, m = _load(model, head)
+    out = Path(out)
+    with tempfile.TemporaryDirectory() as tmp:
+        names = _trace(m, Path(tmp) / "model.onnx", opset)
+        fp32 = ov.convert_model(str(Path(tmp) / "model.onnx"))
+    # fp32 weights on disk: OpenVINO's default (fp16 weights) would change fp32's answers
+    ov.save_model(fp32, str(out / OV_FILES["fp32"]), compress_to_fp16=False)
+    files = [OV_FILES["fp32"]]
+    if int8:
+        batches = calibration_batches(m, m.head_name, calibrate, calibrate_limit, with_positions="positions" in names,
+                                      tokenizer=src)
+        with _quiet_root_log("Dataset contains only"):  # NNCF's note that there are fewer batches than its default
+            ov.save_model(quantize_openvino(fp32, batches), str(out / OV_FILES["int8"]), compress_to_fp16=False)
+        files.append(OV_FILES["int8"])
+    _write_meta(src, m, out, model, {"format": "openvino", "files": files, "inputs": names,
+                                     "int8": "static" if int8 else None})
+    return out
+
+
+def _load(model: str | Path, head: str | None) -> tuple[Path, Model]:
     src = resolve(model)
     m = load_model(src, head=head).eval()
     if m.head_name is None:
         raise ValueError("export needs a model with a task head (masked-lm, question-answering, ...)")
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    return src, m
+
+
+def _trace(m: Model, path: Path, opset: int) -> list[str]:
+    """The model as an ONNX graph at `path` (dynamic batch and length); its input names."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     with_types = m.cfg.type_vocab_size > 0
     with_positions = m.head_name == "masked-lm"
     # An example with padding, so that the traced graph keeps the attention mask.
@@ -72,31 +146,18 @@ def export_onnx(model: str | Path, out: str | Path, head: str | None = "auto", i
         # tracer sees as a tensor: a constant here, whatever the input.
         warnings.filterwarnings("ignore", "Converting a tensor to a Python boolean", torch.jit.TracerWarning,
                                 "torch.nn.functional")
-        torch.onnx.export(_Logits(m, with_types, with_positions), tuple(args), str(out / FILES["fp32"]),
+        torch.onnx.export(_Logits(m, with_types, with_positions), tuple(args), str(path),
                           input_names=names, output_names=["logits"], dynamic_axes=axes, opset_version=opset,
                           dynamo=False)
-    files = [FILES["fp32"]]
-    if int8:
-        from onnxruntime.quantization import QuantType, quantize_dynamic
+    return names
 
-        untied = _untie_initializers(out / FILES["fp32"], out / "model.untied.onnx")
-        with _quiet_root_log("pre-processing before quantization"):
-            # The quantizer advises ONNX Runtime's quant_pre_process first (for static quantization);
-            # on this graph it made the dynamic int8 model slower, as did ONNX Runtime's transformer
-            # optimizer, whose fused ops the session's own optimizations already give.
-            quantize_dynamic(str(untied), str(out / FILES["int8"]), weight_type=QuantType.QInt8,
-                             op_types_to_quantize=["MatMul", "Gemm"], per_channel=True)
-        untied.unlink()
-        files.append(FILES["int8"])
-    for name in files:
-        _external_weights(out / name)
+
+def _write_meta(src: Path, m: Model, out: Path, model: str | Path, meta: dict) -> None:
     (out / "config.json").write_text(json.dumps(m.cfg.to_hf(m.cfg.architecture(m.head_name)), indent=2) + "\n")
     for name in _TOKENIZER_FILES:
         if (src / name).is_file():
             shutil.copy(src / name, out / name)
-    (out / EXPORT_META).write_text(json.dumps({"head": m.head_name, "files": files, "inputs": names,
-                                               "source": str(model), "opset": opset}, indent=2) + "\n")
-    return out
+    (out / EXPORT_META).write_text(json.dumps({"head": m.head_name, **meta, "source": str(model)}, indent=2) + "\n")
 
 
 @contextlib.contextmanager
@@ -158,10 +219,29 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="distilkit export", description=__doc__)
     ap.add_argument("--model", required=True, help="local directory or hub id")
     ap.add_argument("--out", required=True, help="output directory")
-    ap.add_argument("--int8", action="store_true", help="also write a dynamically quantized int8 model")
+    ap.add_argument("--format", choices=["onnx", "openvino"], default="onnx",
+                    help="onnx (run with ONNX Runtime) or openvino (pip install 'distilkit[openvino]')")
+    ap.add_argument("--int8", action="store_true", help="also write an int8 model: dynamically quantized, or "
+                    "statically with --calibrate (OpenVINO: --calibrate required)")
+    ap.add_argument("--calibrate", metavar="DATA", help="examples of the model's task (the files `distilkit "
+                    "evaluate --data` reads) whose activation ranges the int8 model keeps")
+    ap.add_argument("--calibrate-limit", type=int, default=DEFAULT_EXAMPLES,
+                    help=f"calibrate on the first N examples (default {DEFAULT_EXAMPLES})")
     ap.add_argument("--opset", type=int, default=17)
     args = ap.parse_args(argv)
-    path = export_onnx(args.model, args.out, int8=args.int8, opset=args.opset)
+    if args.calibrate and not args.int8:
+        ap.error("--calibrate calibrates the int8 model: add --int8")
+    from .data.readers import DataError
+
+    try:
+        if args.format == "openvino":
+            path = export_openvino(args.model, args.out, int8=args.int8, calibrate=args.calibrate,
+                                   calibrate_limit=args.calibrate_limit, opset=args.opset)
+        else:
+            path = export_onnx(args.model, args.out, int8=args.int8, opset=args.opset, calibrate=args.calibrate,
+                               calibrate_limit=args.calibrate_limit)
+    except (InputError, DataError) as e:
+        ap.error(str(e))
     print(f"exported to {path}: {', '.join(json.loads((path / EXPORT_META).read_text())['files'])}")
     return 0
 

@@ -52,7 +52,7 @@ def pipeline(
     **options: Any,
 ):
     """Build a task. `model`: a local directory (a checkpoint, or a `distilkit export` output run
-    with ONNX Runtime), a hub id, a loaded `Model`, or None for the task's default checkpoint.
+    with ONNX Runtime or OpenVINO), a hub id, a loaded `Model`, or None for the task's default checkpoint.
     `options` are the task's default call parameters (top_k, ...).
     max_tokens: padded tokens per forward pass (default: 1024 on CPU, 2048 in bf16, 16384 on GPU)."""
     from .hub import resolve
@@ -75,14 +75,17 @@ def pipeline(
 
 def load_runtime(path: str | os.PathLike, head: str | None = "auto", *, device: str | None = None, mode: str = "fp32",
                  threads: int | None = None, max_tokens: int | None = None):
-    """The runtime for a local model directory: ONNX Runtime for a `distilkit export` output (no
-    torch import), else the torch checkpoint with `head` (see checkpoint.load_model)."""
+    """The runtime for a local model directory: ONNX Runtime or OpenVINO for a `distilkit export`
+    output (no torch import), else the torch checkpoint with `head` (see checkpoint.load_model)."""
     from .runtime_onnx import OnnxRuntime, is_export
 
     if is_export(path):
         if device not in (None, "cpu"):
-            raise InputError("exported ONNX models run on the CPU; pass device=None or 'cpu'", "device")
-        return OnnxRuntime(path, mode=mode, threads=threads)
+            raise InputError("exported models run on the CPU; pass device=None or 'cpu'", "device")
+        from .runtime_openvino import OpenVINORuntime, export_format
+
+        engine = OpenVINORuntime if export_format(path) == "openvino" else OnnxRuntime
+        return engine(path, mode=mode, threads=threads)
     from .checkpoint import load_model
 
     return _torch_runtime(load_model(path, head=head), device, mode, threads, max_tokens=max_tokens, owned=True)

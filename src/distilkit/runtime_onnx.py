@@ -57,12 +57,19 @@ class OnnxRuntime:
         self.mode = mode
 
     def forward(self, batch: dict[str, np.ndarray], positions: np.ndarray | None = None) -> np.ndarray:
-        feed = {k: v for k, v in batch.items() if k in self.inputs}
-        if "positions" not in self.inputs:
-            return self.session.run(["logits"], feed)[0]
-        every = positions is None  # then every position, shaped (B, T, V) as the torch model does
-        if every:
-            positions = np.arange(batch["input_ids"].size, dtype=np.int64)
-        feed["positions"] = positions.astype(np.int64)
-        out = self.session.run(["logits"], feed)[0]
-        return out.reshape(*batch["input_ids"].shape, -1) if every else out
+        return forward_exported(batch, positions, self.inputs, lambda feed: self.session.run(["logits"], feed)[0])
+
+
+def forward_exported(batch: dict[str, np.ndarray], positions: np.ndarray | None, inputs: set[str], run) -> np.ndarray:
+    """Logits of an exported graph with `inputs`, run by `run(feed)`: the masked-LM graph projects
+    `positions` (indices into the flattened B*T tokens), or every position when None, shaped
+    (B, T, V) then as the torch model does."""
+    feed = {k: v for k, v in batch.items() if k in inputs}
+    if "positions" not in inputs:
+        return run(feed)
+    every = positions is None
+    if every:
+        positions = np.arange(batch["input_ids"].size, dtype=np.int64)
+    feed["positions"] = positions.astype(np.int64)
+    out = run(feed)
+    return out.reshape(*batch["input_ids"].shape, -1) if every else out
