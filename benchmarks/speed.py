@@ -5,11 +5,14 @@ downloaded here; the compute is the real model's) on the same batches, interleav
 in one process because the host is noisy; medians and ratios are printed.
 
     python benchmarks/speed.py [--batch 8] [--tokens 128] [--rounds 5] [--skip-cold] [--compile] [--fp32-study]
-        [--pause 0.25]
+        [--pause 0.25] [--no-openvino] [--calibrate 128] [--workdir DIR]
 
 Engines: transformers fp32 (reference), distilkit fp32 / bf16 / int8 (torch; plus fp32 without
 row slicing when the batch exceeds the CPU token budget), and, with
-onnxruntime installed, distilkit's ONNX export fp32 / int8; with --compile, fp32 and bf16 under
+onnxruntime installed, distilkit's ONNX export fp32 / int8 (dynamic) / int8 static (calibrated);
+with openvino installed, `distilkit export --format openvino` run by OpenVINO: fp32, bf16 and
+NNCF's calibrated static int8 (one stream, and two; --no-openvino skips them), and the line the
+issue's target quotes: distilkit's fastest torch engine against OpenVINO's fastest; with --compile, fp32 and bf16 under
 `torch.compile` (inductor, dynamic shapes), whose warm-up is printed; with --fp32-study, where
 distilkit fp32's time goes (the linear layers' share of a profiled pass and their GEMM rate), its
 ceiling (those products back to back, and attention, alone) and an
@@ -58,6 +61,22 @@ def build(workdir: Path) -> tuple[Path, Path]:
     return d, export_onnx(d, workdir / "onnx", int8=True)
 
 
+def build_calibrated(ckpt: Path, workdir: Path, examples: int) -> dict[str, Path]:
+    """The checkpoint's calibrated static int8 exports, each calibrated on the first `examples`
+    SQuAD questions (for speed the ranges matter little; agreement.py measures their answers):
+    OpenVINO (NNCF; its fp32 model also runs bf16) and ONNX Runtime's static quantizer. Kept in
+    `workdir` and reused by a later run with the same --workdir."""
+    from distilkit.export import export_onnx, export_openvino
+
+    squad = DATA / "squad" / "dev-v2.0-half.json"
+    out = {"openvino": workdir / "openvino", "onnx-static": workdir / "onnx-static"}
+    if not (out["openvino"] / "distilkit_export.json").is_file():
+        export_openvino(ckpt, out["openvino"], int8=True, calibrate=squad, calibrate_limit=examples)
+    if not (out["onnx-static"] / "distilkit_export.json").is_file():
+        export_onnx(ckpt, out["onnx-static"], int8=True, calibrate=squad, calibrate_limit=examples)
+    return out
+
+
 def encoder_flops(cfg, batch: int, seq: int) -> float:
     """FLOPs (2 x multiply-adds) of one encoder forward over `batch` sequences of `seq` tokens:
     projections and feed-forward, plus the attention products (QK^T and AV)."""
@@ -84,6 +103,10 @@ def main(argv=None) -> int:
     ap.add_argument("--compile", action="store_true", help="add torch.compile'd fp32 and bf16 engines")
     ap.add_argument("--fp32-study", action="store_true", help="profile fp32, measure its ceiling; add an MKL-packed fp32 engine")
     ap.add_argument("--pause", type=float, default=0.25, help="untimed seconds before each engine's turn (0: none)")
+    ap.add_argument("--no-openvino", action="store_true", help="skip the OpenVINO engines and the static int8 exports")
+    ap.add_argument("--calibrate", type=int, default=128, help="SQuAD questions that calibrate the static int8 "
+                    "exports (default 128)")
+    ap.add_argument("--workdir", help="keep the checkpoint and exports here, and reuse them on the next run")
     args = ap.parse_args(argv)
 
     import numpy as np
@@ -92,8 +115,12 @@ def main(argv=None) -> int:
     from distilkit.checkpoint import load_model
     from distilkit.runtime import PackedLinear, Runtime, _replace_linears
 
-    tmp = Path(tempfile.mkdtemp())
-    ckpt, onnx_dir = build(tmp)
+    tmp = Path(args.workdir or tempfile.mkdtemp())
+    tmp.mkdir(parents=True, exist_ok=True)
+    if (tmp / "onnx" / "distilkit_export.json").is_file():
+        ckpt, onnx_dir = tmp / "qa", tmp / "onnx"
+    else:
+        ckpt, onnx_dir = build(tmp)
     rng = np.random.default_rng(0)
     ids = rng.integers(1000, 20000, size=(args.batch, args.tokens)).astype(np.int64)
     ids[:, 0], ids[:, -1] = 101, 102
@@ -132,6 +159,8 @@ def main(argv=None) -> int:
             engines[f"onnx {mode}"] = (lambda r: lambda: r.forward(batch))(ort_rt)
     except ImportError:
         print("onnxruntime not installed: skipping the ONNX engines")
+    if not args.no_openvino:
+        openvino_engines(engines, build_calibrated(ckpt, tmp, args.calibrate), batch)
 
     for fn in engines.values():  # warm-up
         fn()
@@ -157,13 +186,22 @@ def main(argv=None) -> int:
     print(f"{'engine':26s} {'tokens/s':>10s} {'GFLOP/s':>9s} {'of fp32 GEMM':>13s} {'of own GEMM':>12s} "
           f"{'vs transformers':>16s} {'page faults':>12s}")
     results = {f"gemm {k} GFLOP/s": v for k, v in roof.items()}  # GOP/s for int8
+    int8_rows = []
     for name, ts in times.items():
         m = statistics.median(ts)
         results[name] = n_tok / m
         own = roof["int8" if "int8" in name else "bfloat16" if "bf16" in name else "float32"]  # its precision's GEMM
+        if "int8" in name:
+            int8_rows.append((name, n_tok / m, flops / m / 1e9 / own))
         print(f"{name:26s} {n_tok / m:10.0f} {flops / m / 1e9:9.1f} {flops / m / 1e9 / roof['float32']:12.0%} "
               f"{flops / m / 1e9 / own:11.0%} {base / m:15.2f}x {statistics.median(faults[name]):12.0f}")
 
+    if not args.no_openvino:  # the issue's target: distilkit's fastest against OpenVINO's fastest
+        fastest = max((n for n in results if n.startswith("distilkit")), key=results.get)
+        ov = max((n for n in results if n.startswith("openvino")), key=results.get)
+        print(f"\nfastest distilkit (torch) engine {fastest!r}: {results[fastest] / results[ov]:.2f}x OpenVINO's "
+              f"fastest {ov!r}; int8 engines against the int8 GEMM: "
+              + ", ".join(f"{name} {share:.0%}" for name, _, share in int8_rows))
     if args.fp32_study:
         linear_share(runtimes["fp32"], batch, cfg, args, roof["float32"])
 
@@ -173,14 +211,38 @@ def main(argv=None) -> int:
                    "qa = pipeline('question-answering', model={m!r}, mode={mode!r}); "
                    "answer = qa(question='Who?', context='Bob is sitting next to Alice.')['answer']; "
                    "print('answer:', repr(answer), flush=True)")
-        for label, model, mode in (("torch checkpoint", ckpt, "fp32"), ("exported onnx fp32", onnx_dir, "fp32"),
-                                   ("exported onnx int8", onnx_dir, "int8")):
+        cold = [("torch checkpoint", ckpt, "fp32"), ("exported onnx fp32", onnx_dir, "fp32"),
+                ("exported onnx int8", onnx_dir, "int8")]
+        if not args.no_openvino:  # the first run compiles and caches; the runs measured load the cache
+            cold += [("openvino int8", tmp / "openvino", "int8"), ("openvino bf16", tmp / "openvino", "bf16")]
+        for label, model, mode in cold:
+            cold_start(snippet.format(m=str(model), mode=mode))
             runs = [cold_start(snippet.format(m=str(model), mode=mode)) for _ in range(3)]
             answered, exited = (statistics.median(r[i] for r in runs) for i in (0, 1))
             results[f"cold {label} s"] = answered
             print(f"  {label:20s} {answered:.2f} s to the answer ({exited:.2f} s to the process's exit)")
     print(json.dumps(results))
     return 0
+
+
+def openvino_engines(engines: dict, exports: dict[str, Path], batch) -> None:
+    """OpenVINO through distilkit's backend (fp32, bf16 where the CPU has it, static int8: one
+    stream, as `pipeline()` runs it; and int8 on two streams, OpenVINO's throughput mode), and ONNX
+    Runtime's static int8."""
+    try:
+        from distilkit.runtime_openvino import OpenVINORuntime, cpu_has_bf16
+    except ImportError:
+        print("openvino not installed (pip install -e '.[openvino]'): skipping the OpenVINO engines")
+        return
+    from distilkit.runtime_onnx import OnnxRuntime
+
+    for mode in ("fp32", "bf16", "int8") if cpu_has_bf16() else ("fp32", "int8"):
+        rt = OpenVINORuntime(exports["openvino"], mode=mode)
+        engines[f"openvino {mode}" + (" static" if mode == "int8" else "")] = (lambda r: lambda: r.forward(batch))(rt)
+    two = OpenVINORuntime(exports["openvino"], mode="int8", streams=2)
+    engines["openvino int8 2 streams"] = lambda: two.forward(batch)
+    static = OnnxRuntime(exports["onnx-static"], mode="int8")
+    engines["onnx int8 static"] = lambda: static.forward(batch)
 
 
 def cold_start(code: str) -> tuple[float, float]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -44,6 +45,23 @@ def test_exported_model_answers_like_torch(checkpoint, tmp_path, family, head, t
     assert _texts(a) == _texts(b)
     np.testing.assert_allclose(_scores(a), _scores(b), rtol=1e-4, atol=1e-5)
     assert len(flat(int8_task.run(inputs))) == len(flat(a))  # int8 runs; its agreement is measured on real weights
+
+
+def calibration_file(tmp_path, task: str, labels=("LABEL_0", "LABEL_1")):
+    """A few examples of `task` in a format `distilkit evaluate --data` reads."""
+    if task == "question-answering":
+        paragraphs = [{"context": c, "qas": [{"id": str(i), "question": "Who is there?",
+                                               "answers": [{"text": c.split()[0], "answer_start": 0}]}]}
+                      for i, c in enumerate(CORPUS)]
+        path = tmp_path / "calib.json"
+        path.write_text(json.dumps({"version": "1.1", "data": [{"title": "t", "paragraphs": paragraphs}]}))
+    elif task == "text-classification":
+        path = tmp_path / "calib.txt"
+        path.write_text("".join(f"{c.replace(';', ',')};{labels[i % len(labels)]}\n" for i, c in enumerate(CORPUS)))
+    else:  # CoNLL columns
+        path = tmp_path / "calib.conll"
+        path.write_text("\n".join("\n".join(f"{w} X X O" for w in c.split()) + "\n" for c in CORPUS))
+    return path
 
 
 def _texts(results):
@@ -97,3 +115,18 @@ def test_export_tells_the_user_nothing_they_cannot_act_on(checkpoint, tmp_path, 
     shown = [f"{w.category.__name__}: {w.message}" for w in caught if not issubclass(w.category, hidden)]
     assert shown == []
     assert [r.getMessage() for r in caplog.records if r.levelname == "WARNING"] == []  # the quantizer's advice
+
+
+def test_calibrated_int8_export_is_statically_quantized(checkpoint, tmp_path):
+    """--int8 --calibrate: activation ranges measured on the task's examples, kept in the graph
+    (QuantizeLinear nodes with constant scales) instead of computed on every call."""
+    import onnx
+
+    src = checkpoint("bert", "token-classification", head_scale=10.0)
+    out = export_onnx(src, tmp_path / "onnx", int8=True, calibrate=calibration_file(tmp_path, "token-classification"))
+    assert json.loads((out / "distilkit_export.json").read_text())["int8"] == "static"
+    ops = {n.op_type for n in onnx.load(str(out / "model.int8.onnx"), load_external_data=False).graph.node}
+    assert "QuantizeLinear" in ops and "DynamicQuantizeLinear" not in ops
+    fp32, int8 = pipeline("token-classification", model=out), pipeline("token-classification", model=out, mode="int8")
+    a, b = fp32.run(CORPUS[:3]), int8.run(CORPUS[:3])
+    assert [len(r) for r in a] == [len(r) for r in b]

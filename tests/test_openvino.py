@@ -18,7 +18,7 @@ from conftest import CORPUS  # noqa: E402
 from distilkit import pipeline  # noqa: E402
 from distilkit.errors import InputError  # noqa: E402
 from distilkit.export import export_openvino  # noqa: E402
-from test_export import _scores, _texts  # noqa: E402
+from test_export import _scores, _texts, calibration_file  # noqa: E402
 
 INPUTS = {
     "question-answering": [{"question": "Where do I live?", "context": " ".join(CORPUS[:4])},
@@ -26,23 +26,6 @@ INPUTS = {
     "text-classification": CORPUS[:4],
     "token-classification": CORPUS[:3],
 }
-
-
-def calibration_file(tmp_path, task: str, labels=("LABEL_0", "LABEL_1")):
-    """A few examples of `task` in a format `distilkit evaluate --data` reads."""
-    if task == "question-answering":
-        paragraphs = [{"context": c, "qas": [{"id": str(i), "question": "Who is there?",
-                                               "answers": [{"text": c.split()[0], "answer_start": 0}]}]}
-                      for i, c in enumerate(CORPUS)]
-        path = tmp_path / "calib.json"
-        path.write_text(json.dumps({"version": "1.1", "data": [{"title": "t", "paragraphs": paragraphs}]}))
-    elif task == "text-classification":
-        path = tmp_path / "calib.txt"
-        path.write_text("".join(f"{c.replace(';', ',')};{labels[i % len(labels)]}\n" for i, c in enumerate(CORPUS)))
-    else:  # CoNLL columns
-        path = tmp_path / "calib.conll"
-        path.write_text("\n".join("\n".join(f"{w} X X O" for w in c.split()) + "\n" for c in CORPUS))
-    return path
 
 
 @pytest.mark.parametrize("family,head,task", [
@@ -124,3 +107,22 @@ def test_calibration_batches_are_what_the_task_feeds_the_model(checkpoint, tmp_p
     texts = pipeline("text-classification", model=src).tokenizer.encode([c.replace(";", ",") for c in CORPUS[:5]])
     rows = sorted(tuple(r[m.astype(bool)]) for b in batches for r, m in zip(b["input_ids"], b["attention_mask"]))
     assert rows == sorted(tuple(e.ids) for e in texts)
+
+
+def test_auto_mode_is_the_policys_choice_on_every_backend(checkpoint, tmp_path):
+    """mode="auto" (config.AUTO_POLICY): bf16 where the CPU computes it natively, else fp32; an ONNX
+    export (no bf16 there) runs fp32. The runtime reports the mode it runs, and the tasks size their
+    batches for it."""
+    from distilkit.export import export_onnx
+    from distilkit.runtime import cpu_has_bf16
+    from distilkit.runtime_openvino import cpu_has_bf16 as openvino_has_bf16
+
+    src = checkpoint("distilbert", "question-answering")
+    assert pipeline("qa", model=src, mode="auto").runtime.mode == ("bf16" if cpu_has_bf16() else "fp32")
+    ov = pipeline("qa", model=export_openvino(src, tmp_path / "ov"), mode="auto")
+    assert ov.runtime.mode == ("bf16" if openvino_has_bf16() else "fp32")
+    assert pipeline("qa", model=export_onnx(src, tmp_path / "onnx"), mode="auto").runtime.mode == "fp32"
+    request = '{"input_data": {"question": "Who?", "context": "Bob is here."}}'
+    cli = subprocess.run([sys.executable, "-m", "distilkit.cli", "predict", "question-answering", "--model", str(src),
+                          "--mode", "auto"], input=request, capture_output=True, text=True, timeout=120)
+    assert cli.returncode == 0, cli.stderr

@@ -11,7 +11,7 @@ reference stacks (transformers, ONNX Runtime, Optimum).
     distilkit bench --model DIR [--modes fp32,bf16,int8] [--batch 8] [--tokens 128] [--rounds 5]
 
 Default modes: fp32, bf16 where it computes natively (AVX512-BF16/AMX, or a GPU), int8 on a CPU;
-for a `distilkit export` directory, the ONNX models it holds.
+for a `distilkit export` directory, the models it holds (OpenVINO's fp32 model runs as bf16 too).
 """
 
 from __future__ import annotations
@@ -36,7 +36,11 @@ def default_modes(path: str | Path, device: str | None = None) -> list[str]:
 
     path = Path(path)
     if is_export(path):
+        from . import runtime_openvino
+
         files = json.loads((path / EXPORT_META).read_text())["files"]
+        if runtime_openvino.export_format(path) == "openvino":
+            return runtime_openvino.modes(files)
         return [m for m, f in FILES.items() if f in files]
     from .runtime import cpu_has_bf16, default_device
 

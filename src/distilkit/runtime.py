@@ -39,6 +39,8 @@ class Runtime:
         if mode not in MODES:
             raise InputError(f"unknown mode {mode!r}; expected one of {MODES}", "mode")
         device = default_device(device)
+        if mode == "auto":  # config.AUTO_POLICY
+            mode = "bf16" if device.type != "cpu" or cpu_has_bf16() else "fp32"
         if mode == "int8" and device.type != "cpu":
             raise InputError("mode='int8' (dynamic quantization) runs on the CPU only; use bf16 on a GPU", "mode")
         if threads:

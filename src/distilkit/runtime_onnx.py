@@ -41,6 +41,7 @@ class OnnxRuntime:
 
         path = Path(path)
         meta = json.loads((path / EXPORT_META).read_text())
+        mode = "fp32" if mode == "auto" else mode  # config.AUTO_POLICY: ONNX Runtime has no bf16 here
         if mode not in FILES or FILES[mode] not in meta["files"]:
             have = ", ".join(m for m, f in FILES.items() if f in meta["files"])
             raise InputError(f"{path} is an ONNX export with {have} models, no {mode} one: run mode {mode!r} "
