@@ -2,15 +2,18 @@
 
 The models are the MiniLM-L6 checkpoints that docs/finetune.md builds (emotion, CoNLL-2003, and
 extractive QA trained with SQuAD v1.1 semantics on the answerable questions of articles 0-11 of the
-SQuAD v2 half); each is also exported to ONNX (fp32 + dynamic int8) in a temporary directory. For
-every mode, on the same inputs:
+SQuAD v2 half); each is also exported, in a temporary directory, to ONNX (fp32 + dynamic int8, and
+int8 calibrated on 128 training examples of its task) and to OpenVINO (fp32, run fp32 and bf16, and
+NNCF's int8 calibrated the same way), as benchmarks/pipelines.py `exported` writes them. For every
+mode, on the same inputs:
 
 - text classification (emotion test): label agreement with fp32, accuracy delta;
 - token classification (CoNLL-2003 test): word-tag agreement, entity-F1 delta;
 - question answering (the 803 answerable questions of articles 12-15): exact-span agreement
   (same start and end offsets), SQuAD v1.1 F1 delta.
 
-    python benchmarks/agreement.py [--modes fp32,bf16,int8,onnx-fp32,onnx-int8,optimum-int8] [--limit 0]
+    python benchmarks/agreement.py [--modes fp32,bf16,int8,auto,onnx-fp32,onnx-int8,onnx-int8-static,
+        openvino-fp32,openvino-bf16,openvino-int8,optimum-int8] [--limit 0] [--checkpoints DIR]
 
 optimum-int8 (question answering only, with optimum-onnx installed): the reference of the speed
 target, Optimum's dynamically quantized int8 model in the transformers QA pipeline.
@@ -23,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -82,7 +86,9 @@ SCORES = {"text-classification": "accuracy", "token-classification": "entity F1"
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--modes", default="fp32,bf16,int8,onnx-fp32,onnx-int8,optimum-int8")
+    ap.add_argument("--modes", default="fp32,bf16,int8,auto,onnx-fp32,onnx-int8,onnx-int8-static,openvino-fp32,"
+                    "openvino-bf16,openvino-int8,optimum-int8")
+    ap.add_argument("--checkpoints", default=str(CACHE), help=f"the fine-tuned models' folder (default {CACHE})")
     ap.add_argument("--tasks", default=",".join(TASKS))
     ap.add_argument("--limit", type=int, default=0, help="records per task (0: all)")
     ap.add_argument("--threads", type=int, default=None)
@@ -90,9 +96,9 @@ def main(argv=None) -> int:
 
     import torch
 
+    from pipelines import ours_pipeline
+
     from distilkit.data.readers import read_records
-    from distilkit.export import export_onnx
-    from distilkit.pipelines import pipeline
 
     modes = args.modes.split(",")
     if modes[0] != "fp32":
@@ -102,7 +108,7 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         for task_name in args.tasks.split(","):
             ckpt, data, select, unit = TASKS[task_name]
-            model = CACHE / ckpt
+            model = Path(args.checkpoints) / ckpt
             if not (model / "config.json").exists():
                 print(f"skip {task_name}: no fine-tuned model at {model} (see docs/finetune.md)", file=sys.stderr)
                 continue
@@ -110,7 +116,8 @@ def main(argv=None) -> int:
             if task_name == "question-answering":  # v1.1 semantics: the answerable questions
                 records = [r for r in records if r["answers"]]
             records = records[:args.limit] if args.limit else records
-            onnx = export_onnx(model, Path(tmp) / ckpt, int8=True) if any(m.startswith("onnx") for m in modes) else None
+            work = Path(tmp) / ckpt  # exports are written beside this copy of the checkpoint
+            shutil.copytree(model, work / "model", ignore=shutil.ignore_patterns("checkpoints", "best"))
             base = None
             for mode in modes:
                 if mode == "optimum-int8":
@@ -118,8 +125,7 @@ def main(argv=None) -> int:
                     if pipe is None or pipe.pipe is None:
                         continue
                 else:
-                    ref, m = (onnx, mode.removeprefix("onnx-")) if mode.startswith("onnx") else (model, mode)
-                    pipe = pipeline(task_name, model=str(ref), mode=m, threads=args.threads)
+                    pipe = ours_pipeline(task_name, work / "model", mode, threads=args.threads)
                 started = time.perf_counter()
                 preds, score = predictions(task_name, pipe, records)
                 seconds = time.perf_counter() - started
@@ -127,7 +133,7 @@ def main(argv=None) -> int:
                 rows.append((task_name, mode, len(records), agreement(task_name, base[0], preds), unit,
                              score, score - base[1], len(records) / seconds))
                 r = rows[-1]
-                print(f"{task_name:21s} {mode:9s} agreement {100 * r[3]:6.2f}% {unit:11s} "
+                print(f"{task_name:21s} {mode:16s} agreement {100 * r[3]:6.2f}% {unit:11s} "
                       f"{SCORES[task_name]} {r[5]:.4f} ({100 * r[6]:+.2f} points)  {r[7]:7.1f} ex/s", flush=True)
     print("\n| task | mode | examples | agreement with fp32 | score | delta (points) | examples/s |")
     print("|---|---|---|---|---|---|---|")

@@ -6,14 +6,18 @@ the installed transformers fill-mask pipeline. No DistilBERT weights can be down
 both sides load the same randomly initialised DistilBERT-base-sized checkpoints (dim 768, 6
 layers) with the real distilbert-base-uncased tokenizer: the compute is the real model's.
 
-    python benchmarks/pipelines.py [--n 256] [--rounds 3] [--mode fp32] [--task qa|fill-mask|all] [--no-optimum]
+    python benchmarks/pipelines.py [--n 256] [--rounds 3] [--mode fp32[,bf16,...]] [--task qa|fill-mask|all] [--no-optimum]
 
---mode: fp32, bf16, int8 (torch), or onnx-fp32 / onnx-int8 (a `distilkit export` of the same
-checkpoint, run by ONNX Runtime through distilkit's pipeline).
+--mode: comma-separated, the first the one whose ratios are printed: fp32, bf16, int8, auto (torch),
+onnx-fp32 / onnx-int8 / onnx-int8-static (a `distilkit export` of the same checkpoint, run by ONNX
+Runtime through distilkit's pipeline; -static: calibrated on 128 training examples of the task),
+openvino-fp32 / -bf16 / -int8 (`distilkit export --format openvino`, int8 calibrated the same way).
 
 QA also runs against Optimum's int8 ONNX Runtime model in the same transformers pipeline (the
 Optimum recipe: `ORTModelForQuestionAnswering` export, then dynamic int8 quantization with
-`AutoQuantizationConfig.avx512_vnni`), when optimum-onnx is installed (`pip install -e ".[bench]"`).
+`AutoQuantizationConfig.avx512_vnni`), when optimum-onnx is installed (`pip install -e ".[bench]"`),
+and against optimum-intel's OpenVINO model in the same pipeline, bf16 and NNCF static int8, when
+optimum-intel is installed (see optimum_openvino_qa).
 Prints examples/s per engine (median over rounds) and distilkit's ratio to each.
 """
 
@@ -110,17 +114,45 @@ def compare(name: str, engines: dict, n: int, rounds: int) -> dict:
     return {"task": name, **rates, **{f"ratio vs {ref}": rates[ours] / rates[ref] for ref in refs}}
 
 
+# Calibration examples of each task for the static int8 exports: training data (never a test set).
+CALIBRATION = {"question-answering": "squad/dev-v2.0-half.json", "fill-mask": "imdb/train.jsonl.gz",
+               "text-classification": "emotion/train.txt", "token-classification": "conll2003/train.txt"}
+HEADS = {"question-answering": "question-answering", "masked-lm": "fill-mask",
+         "sequence-classification": "text-classification", "token-classification": "token-classification"}
+
+
+def exported(checkpoint: Path, backend: str, calibrate_limit: int = 128) -> Path:
+    """A `distilkit export` of the checkpoint, written once beside it: "onnx" (dynamic int8),
+    "onnx-static" (int8 calibrated on `calibrate_limit` training examples of its task) or "openvino"
+    (fp32 + calibrated static int8)."""
+    from distilkit.checkpoint import load_model
+    from distilkit.export import export_onnx, export_openvino
+
+    out = checkpoint.with_name(f"{checkpoint.name}-{backend}")
+    if (out / "distilkit_export.json").is_file():
+        return out
+    if backend == "onnx":
+        return export_onnx(checkpoint, out, int8=True)
+    data = DATA / CALIBRATION[HEADS[load_model(checkpoint).head_name]]
+    export = export_openvino if backend == "openvino" else export_onnx
+    return export(checkpoint, out, int8=True, calibrate=data, calibrate_limit=calibrate_limit)
+
+
 def ours_pipeline(task: str, checkpoint: Path, mode: str, **options):
-    """distilkit's pipeline in `mode`; onnx-fp32/onnx-int8 run a `distilkit export` of the checkpoint
-    (written once, beside it)."""
+    """distilkit's pipeline in `mode`: fp32/bf16/int8/auto on the torch checkpoint; onnx-fp32,
+    onnx-int8 (dynamic), onnx-int8-static, openvino-fp32/-bf16/-int8 (static) on an export of it."""
     from distilkit import pipeline
 
-    if mode.startswith("onnx-"):
-        from distilkit.export import export_onnx
+    if mode == "onnx-int8-static":
+        checkpoint, mode = exported(checkpoint, "onnx-static"), "int8"
+    elif mode.startswith(("onnx-", "openvino-")):
+        backend, mode = mode.split("-", 1)
+        checkpoint = exported(checkpoint, backend)
+    return pipeline(task, model=checkpoint, mode=mode, **options)
 
-        exported = checkpoint.with_name(f"{checkpoint.name}-onnx")
-        checkpoint = exported if exported.is_dir() else export_onnx(checkpoint, exported, int8=True)
-    return pipeline(task, model=checkpoint, mode=mode.removeprefix("onnx-"), **options)
+
+OURS_MODES = ["fp32", "bf16", "int8", "auto", "onnx-fp32", "onnx-int8", "onnx-int8-static", "openvino-fp32",
+              "openvino-bf16", "openvino-int8"]
 
 
 def padding(task, inputs) -> str:
@@ -155,14 +187,53 @@ def optimum_int8_qa(checkpoint: Path, workdir: Path):
     return T.pipeline("question-answering", model=model, tokenizer=T.AutoTokenizer.from_pretrained(checkpoint))
 
 
+def optimum_openvino_qa(checkpoint: Path, workdir: Path, precision: str):
+    """The transformers QA pipeline over optimum-intel's OpenVINO model: "bf16" (its fp32 model with
+    OpenVINO's bf16 inference precision) or "int8" (NNCF's static quantization with SmoothQuant, what
+    optimum-intel's OVQuantizer runs, on the same 128 calibration questions as distilkit's export).
+    None when optimum-intel is not installed: `pip install --no-deps optimum-intel==2.2.0
+    optimum==2.3.0 openvino-tokenizers==2026.4.1.0` (its declared dependencies would replace torch
+    with a build whose torchvision does not match)."""
+    try:
+        from optimum.intel import OVModelForQuestionAnswering
+    except ImportError:
+        print("optimum-intel not installed (see benchmarks/pipelines.py): no OpenVINO pipeline reference")
+        return None
+    import transformers as T
+
+    from distilkit.quantize import calibration_batches, quantize_openvino
+
+    ov_config = {"INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32", "PERFORMANCE_HINT": "LATENCY"}
+    fp32_dir = workdir / "optimum-openvino"
+    if not fp32_dir.is_dir():
+        OVModelForQuestionAnswering.from_pretrained(checkpoint, export=True, compile=False).save_pretrained(fp32_dir)
+    model_dir = fp32_dir
+    if precision == "int8":
+        model_dir = workdir / "optimum-openvino-int8"
+        if not model_dir.is_dir():
+            fp32 = OVModelForQuestionAnswering.from_pretrained(fp32_dir, compile=False)
+            names = {i.get_any_name() for i in fp32.model.inputs}
+            batches = [{k: v for k, v in b.items() if k in names} for b in calibration_batches(
+                checkpoint, "question-answering", DATA / CALIBRATION["question-answering"], 128)]
+            fp32.model = quantize_openvino(fp32.model, batches)
+            fp32.save_pretrained(model_dir)
+            del fp32
+    model = OVModelForQuestionAnswering.from_pretrained(model_dir, ov_config=ov_config)
+    return T.pipeline("question-answering", model=model, tokenizer=T.AutoTokenizer.from_pretrained(checkpoint))
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, default=256)
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--mode", default="fp32", choices=["fp32", "bf16", "int8", "onnx-fp32", "onnx-int8"])
+    ap.add_argument("--mode", default="fp32", help=f"comma-separated, of {', '.join(OURS_MODES)}; the first is "
+                    "the one whose ratios are printed")
     ap.add_argument("--task", default="all", choices=["qa", "fill-mask", "all"])
-    ap.add_argument("--no-optimum", action="store_true", help="skip the Optimum int8 QA reference")
+    ap.add_argument("--no-optimum", action="store_true", help="skip the Optimum and optimum-intel QA references")
     args = ap.parse_args(argv)
+    modes = args.mode.split(",")
+    if set(modes) - set(OURS_MODES):
+        ap.error(f"unknown mode {sorted(set(modes) - set(OURS_MODES))[0]!r}; expected some of {', '.join(OURS_MODES)}")
     if not DATA.is_dir():
         print(f"data not found at {DATA}; set DISTILKIT_DATA", file=sys.stderr)
         return 2
@@ -177,22 +248,29 @@ def main(argv=None) -> int:
         ckpt = build_checkpoints(Path(tmp))
         if args.task in ("qa", "all"):
             examples = squad_examples(args.n)
-            ours = ours_pipeline("question-answering", ckpt["qa"], args.mode)
+            mine = {m: ours_pipeline("question-answering", ckpt["qa"], m) for m in modes}
+            ours = mine[modes[0]]
             ref = T.pipeline("question-answering", model=str(ckpt["qa"]), tokenizer=str(ckpt["qa"]))
-            engines = {f"distilkit {args.mode}": lambda: ours(examples), "transformers": lambda: ref(examples)}
+            engines = {f"distilkit {m}": (lambda p: lambda: p(examples))(p) for m, p in mine.items()}
+            engines["transformers"] = lambda: ref(examples)
             optimum = None if args.no_optimum else optimum_int8_qa(ckpt["qa"], Path(tmp))
             if optimum is not None:
                 engines["optimum int8"] = lambda: optimum(examples)
+            for precision in () if args.no_optimum else ("bf16", "int8"):
+                intel = optimum_openvino_qa(ckpt["qa"], Path(tmp), precision)
+                if intel is not None:
+                    engines[f"optimum-intel {precision}"] = (lambda p: lambda: p(examples))(intel)
             results.append(compare("question-answering", engines, len(examples), args.rounds))
             agree = [(a["start"], a["end"]) == (b["start"], b["end"]) for a, b in zip(ours(examples), ref(examples))]
             print(f"  same answer spans as the reference: {sum(agree)}/{len(agree)}")
             print(f"  {padding(ours, examples)}")
         if args.task in ("fill-mask", "all"):
             sentences = mask_sentences(args.n)
-            ours = ours_pipeline("fill-mask", ckpt["fill-mask"], args.mode)
+            mine = {m: ours_pipeline("fill-mask", ckpt["fill-mask"], m) for m in modes}
             ref = T.pipeline("fill-mask", model=str(ckpt["fill-mask"]), tokenizer=str(ckpt["fill-mask"]))
-            results.append(compare("fill-mask", {f"distilkit {args.mode}": lambda: ours(sentences),
-                                                 "transformers": lambda: ref(sentences)}, len(sentences), args.rounds))
+            engines = {f"distilkit {m}": (lambda p: lambda: p(sentences))(p) for m, p in mine.items()}
+            engines["transformers"] = lambda: ref(sentences)
+            results.append(compare("fill-mask", engines, len(sentences), args.rounds))
     print(json.dumps(results))
     return 0
 
