@@ -4,7 +4,7 @@ Every engine runs the same DistilBERT-base-sized QA model (random weights: none 
 downloaded here; the compute is the real model's) on the same batches, interleaved round by round
 in one process because the host is noisy; medians and ratios are printed.
 
-    python benchmarks/speed.py [--batch 8] [--tokens 128] [--rounds 5] [--skip-cold] [--compile] [--fp32-study]
+    python benchmarks/speed.py [--batch 8] [--tokens 128] [--rounds 5] [--skip-cold] [--compile] [--fp32-study] [--openvino-study]
         [--pause 0.25] [--no-openvino] [--calibrate 128] [--workdir DIR]
 
 Engines: transformers fp32 (reference), distilkit fp32 / bf16 / int8 (torch; plus fp32 without
@@ -106,6 +106,8 @@ def main(argv=None) -> int:
     ap.add_argument("--no-openvino", action="store_true", help="skip the OpenVINO engines and the static int8 exports")
     ap.add_argument("--calibrate", type=int, default=128, help="SQuAD questions that calibrate the static int8 "
                     "exports (default 128)")
+    ap.add_argument("--openvino-study", action="store_true", help="where OpenVINO's time goes, by operation, at "
+                    "8 x 128 and 1 x 200 tokens, each precision's matrix products against its GEMM")
     ap.add_argument("--workdir", help="keep the checkpoint and exports here, and reuse them on the next run")
     args = ap.parse_args(argv)
 
@@ -202,6 +204,8 @@ def main(argv=None) -> int:
         print(f"\nfastest distilkit (torch) engine {fastest!r}: {results[fastest] / results[ov]:.2f}x OpenVINO's "
               f"fastest {ov!r}; int8 engines against the int8 GEMM: "
               + ", ".join(f"{name} {share:.0%}" for name, _, share in int8_rows))
+    if args.openvino_study and not args.no_openvino:
+        openvino_study(tmp / "openvino", cfg, roof)
     if args.fp32_study:
         linear_share(runtimes["fp32"], batch, cfg, args, roof["float32"])
 
@@ -243,6 +247,46 @@ def openvino_engines(engines: dict, exports: dict[str, Path], batch) -> None:
     engines["openvino int8 2 streams"] = lambda: two.forward(batch)
     static = OnnxRuntime(exports["onnx-static"], mode="int8")
     engines["onnx int8 static"] = lambda: static.forward(batch)
+
+
+def openvino_study(export: Path, cfg, roof: dict[str, float], rounds: int = 5) -> None:
+    """OpenVINO's own per-node timings (PERF_COUNT), summed by node type, of the median pass of each
+    precision at 8 x 128 and 1 x 200 tokens: the matrix products' share and rate against the GEMM of
+    their precision, and the biggest other costs."""
+    import numpy as np
+    import openvino as ov
+
+    from distilkit.runtime_openvino import FILES, cpu_has_bf16
+
+    core = ov.Core()
+    precisions = [("fp32", "f32", "float32"), ("int8", "f32", "int8")]
+    if cpu_has_bf16():
+        precisions[1:1] = [("bf16", "bf16", "bfloat16")]
+    print("\nOpenVINO, where the time goes (its per-node timings, median pass):")
+    for B, T in ((8, 128), (1, 200)):
+        ids = np.random.default_rng(0).integers(1000, 20000, size=(B, T))
+        feed = {"input_ids": ids, "attention_mask": np.ones_like(ids)}
+        for mode, hint, gemm in precisions:
+            file = FILES["int8" if mode == "int8" else "fp32"]
+            request = core.compile_model(str(export / file), "CPU", {"PERF_COUNT": True, "INFERENCE_PRECISION_HINT": hint,
+                                                                       "PERFORMANCE_HINT": "LATENCY"}).create_infer_request()
+            request.infer(feed)
+            passes = []
+            for _ in range(rounds):
+                started = time.perf_counter()
+                request.infer(feed)
+                by_type: dict[str, float] = {}
+                for node in request.profiling_info:
+                    by_type[node.node_type] = by_type.get(node.node_type, 0.0) + node.real_time.total_seconds()
+                passes.append((time.perf_counter() - started, by_type))
+            wall, by_type = sorted(passes, key=lambda p: p[0])[len(passes) // 2]
+            total = sum(by_type.values())
+            products = sum(v for k, v in by_type.items() if k.startswith("FullyConnected"))
+            rate = linear_flops(cfg, B * T) / (products / total * wall) / 1e9
+            others = sorted(((v, k) for k, v in by_type.items() if not k.startswith("FullyConnected")), reverse=True)
+            print(f"  {B} x {T} {mode:4s}: {wall * 1e3:6.1f} ms, {B * T / wall:6.0f} tok/s; linear layers "
+                  f"{products / total:.0%} at {rate:.0f} GOP/s ({rate / roof[gemm]:.0%} of the {gemm} GEMM); "
+                  + ", ".join(f"{k} {v / total:.0%}" for v, k in others[:5]))
 
 
 def cold_start(code: str) -> tuple[float, float]:
