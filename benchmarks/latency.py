@@ -2,7 +2,9 @@
 mask, the way a real-time endpoint without concurrent traffic sees it, against the transformers
 pipelines (and Optimum's int8 QA model, with optimum-onnx installed).
 
-    python benchmarks/latency.py [--n 48] [--warm 200] [--modes fp32,fp32-unpacked,bf16,int8,onnx-int8]
+    python benchmarks/latency.py [--n 48] [--warm 200] [--modes fp32,fp32-unpacked,bf16,int8,onnx-int8] [--workdir DIR]
+
+--modes: also auto, onnx-int8-static and openvino-fp32/-bf16/-int8 (see benchmarks/pipelines.py).
 
 Every engine first answers --warm other requests, untimed, as a server that has been up a while has
 (oneDNN, behind bf16, int8 and packed fp32, builds a primitive for each new shape it meets); then
@@ -99,6 +101,7 @@ def main(argv=None) -> int:
     ap.add_argument("--modes", default="fp32,fp32-unpacked,bf16,int8,onnx-int8")
     ap.add_argument("--task", default="all", choices=["qa", "fill-mask", "all"])
     ap.add_argument("--pause", type=float, default=0.25, help="untimed seconds before each request (0: none)")
+    ap.add_argument("--workdir", help="keep the checkpoints and their exports here, and reuse them on the next run")
     args = ap.parse_args(argv)
 
     import torch
@@ -109,7 +112,9 @@ def main(argv=None) -> int:
     modes = args.modes.split(",")
     results = []
     with tempfile.TemporaryDirectory() as tmp:
-        checkpoints = build_checkpoints(Path(tmp))
+        tmp = args.workdir or tmp
+        done = Path(tmp, "qa", "config.json").is_file() and Path(tmp, "fill-mask", "config.json").is_file()
+        checkpoints = {name: Path(tmp, name) for name in ("qa", "fill-mask")} if done else build_checkpoints(Path(tmp))
         if args.task in ("qa", "all"):
             engines = engines_for("question-answering", checkpoints["qa"], modes)
             optimum = optimum_int8_qa(checkpoints["qa"], Path(tmp))
