@@ -21,6 +21,7 @@ from torch import nn
 
 from .loop import fit, init_distributed, seed_everything
 from ..errors import InputError
+from ..progress import progress as make_progress
 from .options import TrainOptions, build_config, options_help
 from .rundir import run_recipe
 
@@ -129,15 +130,15 @@ def build_features(cfg: FinetuneConfig, tokenizer, records: list[dict], label2id
     return C.qa_features(tokenizer, records, cfg.max_seq_len, cfg.doc_stride, cfg.max_question_len, with_types)
 
 
-def score(cfg: FinetuneConfig, task, records: list[dict]) -> dict[str, Any]:
+def score(cfg: FinetuneConfig, task, records: list[dict], progress=None) -> dict[str, Any]:
     """The task's metrics on `records`, through the inference task (evaluate.py)."""
     from .. import evaluate as E
 
     if cfg.task == "text-classification":
-        return E.evaluate_text_classification(task, records)
+        return E.evaluate_text_classification(task, records, progress)
     if cfg.task == "token-classification":
-        return E.evaluate_token_classification(task, records)
-    return E.evaluate_question_answering(task, records, version_2=cfg.version_2_with_negative,
+        return E.evaluate_token_classification(task, records, progress)
+    return E.evaluate_question_answering(task, records, version_2=cfg.version_2_with_negative, progress=progress,
                                          max_seq_len=cfg.max_seq_len, doc_stride=cfg.doc_stride,
                                          max_answer_len=cfg.max_answer_len, max_question_len=cfg.max_question_len)
 
@@ -218,7 +219,9 @@ def _finetune(cfg: FinetuneConfig, out: Path, d, resume: Path | bool, allow_chan
     if test:
         from ..evaluate import format_table
 
-        metrics = score(cfg, pipeline(cfg.task, model=str(out)), test)
+        with make_progress(total=len(test), desc="test", unit="examples", mode=None if cfg.progress else "none") as bar:
+            metrics = score(cfg, pipeline(cfg.task, model=str(out)), test, bar)
+            bar.close()
         report["test"] = metrics
         (out / "test_metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
         print(format_table({"task": cfg.task, "model": str(out), "data": cfg.data_path(cfg.test_file),

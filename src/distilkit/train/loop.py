@@ -34,7 +34,8 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from .options import TrainOptions, build_config  # noqa: F401 - the loop's options live there
+from ..progress import progress as make_progress
+from .options import TrainOptions
 
 LossFn = Callable[[nn.Module, dict[str, Tensor]], tuple[Tensor, dict[str, float]]]
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
@@ -298,35 +299,6 @@ def plot_curves(metrics_file: Path, out: Path) -> Path | None:
     return out
 
 
-class _Progress:
-    """tqdm on the main process when asked; a no-op elsewhere."""
-
-    def __init__(self, enabled: bool, total: int, initial: int):
-        self.bar = None
-        if enabled:
-            try:
-                from tqdm.auto import tqdm
-            except ImportError:
-                tqdm = None
-            if tqdm is not None:
-                self.bar = tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True, mininterval=2.0,
-                                file=sys.stderr)
-
-    def update(self, n: int = 1, **postfix: Any) -> None:
-        if self.bar is not None:
-            self.bar.update(n)
-            if postfix:
-                self.bar.set_postfix(postfix, refresh=False)
-
-    def write(self, text: str) -> None:
-        if self.bar is not None:
-            self.bar.write(text)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-
-
 # ---------------------------------------------------------------------- the loop
 def fit(
     model: nn.Module,
@@ -416,7 +388,9 @@ def fit(
         model = nn.parallel.DistributedDataParallel(model, device_ids=ids)
 
     recorder = Recorder(out_dir, d.main, o.tensorboard, step if resume_from else None)
-    progress = _Progress(o.progress and d.main, total, step)
+    # A bar on a terminal, plain lines (no \r) in a log; progress=false keeps the eval lines and the summary.
+    progress = make_progress(total=total, desc="train", unit="steps", initial=step, enabled=d.main,
+                             mode=None if o.progress else "none")
     autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)) \
         if precision in ("bf16", "fp16") else contextlib.nullcontext
     losses: list[tuple[int, float]] = []
@@ -472,6 +446,7 @@ def fit(
             window["examples"] += len(batch)
             window["loss"] += step_loss
             window["steps"] += 1
+            progress.update(1)
             end_of_epoch = bi + 1 == len(batches)
             done = step >= total
             if step % o.log_every == 0 or done:
@@ -485,7 +460,7 @@ def fit(
                     **{k: v / window["steps"] for k, v in window["logs"].items()},
                 }
                 recorder.log(record)
-                progress.update(window["steps"], loss=f"{record['loss']:.4f}", ex_s=f"{record['examples_per_s']:.1f}")
+                progress.set_postfix(loss=round(record["loss"], 4), examples_per_s=round(record["examples_per_s"], 1))
                 window = fresh_window()
             evaluated = False
             if evaluate is not None and ((o.eval_every > 0 and step % o.eval_every == 0)
@@ -518,7 +493,7 @@ def fit(
             continue
         break
 
-    progress.close()
+    progress.summary(f"best {o.metric or 'metric'} {best:.4f} at step {best_step}" if best is not None else "")
     recorder.close()
     if d.main:
         # The model directory itself holds the best model (the last one without evaluation).
