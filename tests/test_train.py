@@ -363,6 +363,8 @@ def test_recipe_errors_are_one_line_with_exit_2(tmp_path, checkpoint, capsys, mo
     classifier = checkpoint("bert", "sequence-classification")
     err = one_line_error(capsys, main(base + [f"model={classifier}", "labels=[joy, anger]"]))
     assert "head has 3 labels" in err and "config.json" in err and "the recipe's labels are 2 (joy, anger)" in err
+    err = one_line_error(capsys, main(base + [f"model={classifier}", "labels=[joy, sadness, anger]"]))
+    assert "config.json: sadness, joy, anger)" in err and "are 3 (joy, sadness, anger)" in err  # same count, rows that mean others
     with pytest.raises(ValueError, match="head has 3 labels"):  # --debug: the exception itself
         main(base + [f"model={classifier}", "labels=[joy, anger]", "--debug"])
     capsys.readouterr()

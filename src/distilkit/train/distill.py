@@ -28,6 +28,7 @@ from torch import Tensor, nn
 
 from .distill_losses import hidden_cosine, masked_lm, soft_target_kl, span_kl
 from .finetune import DEFAULT_METRICS, FinetuneConfig, build_features, flat_metrics, read_split, recipe_main, score
+from ..progress import progress as make_progress
 from .loop import fit, init_distributed, seed_everything
 from .rundir import run_recipe
 from .losses import forward, sequence_loss, span_loss, token_loss
@@ -245,7 +246,13 @@ def build_student(cfg: DistillConfig, teacher: nn.Module, head: str, id2label: d
     from .student import make_student
 
     if cfg.student:
-        return load_model(cfg.student, head=head, id2label=id2label)
+        from ..checkpoint import resolve
+        from .finetune import check_head
+
+        path = resolve(cfg.student)
+        if id2label:
+            check_head(path, head, [id2label[i] for i in sorted(id2label)], "the teacher's labels")
+        return load_model(path, head=head, id2label=id2label)
     layers = cfg.student_layers if cfg.student_layers is not None else cfg.student_n_layers
     return make_student(teacher, layers, family=cfg.student_family)
 
@@ -327,9 +334,11 @@ def compare(cfg: DistillConfig, teacher_dir: Path, student_dir: Path, records: l
     for name, path in (("teacher", teacher_dir), ("student", student_dir)):
         task = pipeline(cfg.task, model=path, device="cpu")
         n_params = count_parameters(path)
-        t = time.perf_counter()
-        metrics = score(cfg, task, records)
-        seconds = time.perf_counter() - t
+        with make_progress(total=len(records), desc=f"compare {name}", unit="examples",
+                           mode=None if cfg.progress else "none") as bar:
+            t = time.perf_counter()
+            metrics = score(cfg, task, records, bar)
+            seconds = time.perf_counter() - t
         one = records[0]
         single = {"question": one["question"], "context": one["context"]} if cfg.task == "question-answering" else \
             (one["text"] if "text" in one else " ".join(one["tokens"]))

@@ -155,12 +155,14 @@ def check_head(path: Path, head: str, labels: list[str], source: str = "the reci
     from ..config import head_from_architectures
 
     hf = read_config(path)
-    saved = hf.get("id2label") or {}
-    if head_from_architectures(hf.get("architectures")) == head and saved and len(saved) != len(labels):
+    saved = [str(v) for _, v in sorted((int(k), v) for k, v in (hf.get("id2label") or {}).items())]
+    if head_from_architectures(hf.get("architectures")) != head or not saved:
+        return
+    named = saved != [f"LABEL_{i}" for i in range(len(saved))]  # transformers' placeholders name nothing
+    if len(saved) != len(labels) or (named and saved != labels):
         raise InputError(f"{path}: the checkpoint's {head} head has {len(saved)} labels ({path / 'config.json'}: "
-                         f"{', '.join(map(str, saved.values()))}) but {source} are {len(labels)} "
-                         f"({', '.join(labels)}): fine-tune from a model without this head, or give its labels",
-                         "labels")
+                         f"{', '.join(saved)}) but {source} are {len(labels)} ({', '.join(labels)}): fine-tune from "
+                         "a model without this head, or give its labels in its order", "labels")
 
 
 # ---------------------------------------------------------------------- the recipe
