@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any, Literal, Sequence
@@ -272,7 +273,10 @@ def recipe_main(argv: Sequence[str] | None, prog: str, description: str, config_
         if args.debug:
             raise
         message = " ".join(str(e).split()) or type(e).__name__  # one line, whatever the message's layout
-        print(f"{prog}: {message}", file=sys.stderr)
+        rank = int(os.environ.get("RANK", "0"))
+        # InputErrors (options, the lock, resume checks) are the same on every rank: say them once.
+        if rank == 0 or not isinstance(e, InputError):
+            print(f"{prog}{f' (rank {rank})' if rank else ''}: {message}", file=sys.stderr)
         return 2
     finally:
         if dist.is_initialized():
