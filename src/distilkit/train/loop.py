@@ -4,8 +4,8 @@ What to train is the caller's: a model, in-memory features, a collate function a
 `loss_fn(model, batch) -> (loss, logs)` (distillation passes one that also runs a teacher). The
 loop owns the rest: AdamW, linear warmup and decay, gradient accumulation and clipping, bf16/fp16
 autocast, DistributedDataParallel under torchrun, evaluation and the best checkpoint,
-checkpoints with optimizer/scheduler/RNG/data-position state that resume exactly, JSONL metrics
-(TensorBoard when installed), progress bars and a PNG plot.
+checkpoints with optimizer/scheduler/RNG/data-position state that resume exactly (checkpoints.py),
+JSONL metrics (TensorBoard when installed) and a PNG plot (logs.py), progress (distilkit.progress).
 
 Data order is a pure function of (seed, epoch): a resumed run rebuilds the epoch's batches and skips
 to the saved position, so it sees the same batches (and, with the RNG state restored, the same
@@ -35,6 +35,9 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from ..progress import progress as make_progress
+from .checkpoints import (apply_options, barrier, default_save, latest_checkpoint, load_weights,
+                          replace_dir, save_checkpoint, set_rng_state)
+from .logs import Recorder, plot_curves
 from .options import TrainOptions
 
 LossFn = Callable[[nn.Module, dict[str, Tensor]], tuple[Tensor, dict[str, float]]]
@@ -159,144 +162,10 @@ def linear_schedule(optimizer: torch.optim.Optimizer, warmup: int, total: int) -
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-# ---------------------------------------------------------------------- checkpoints
-def default_save(model: nn.Module, path: Path) -> None:
-    """HF format for distilkit models (transformers loads it), a plain state dict otherwise."""
-    from ..heads import Model
-
-    if isinstance(model, Model):
-        from ..checkpoint import save_pretrained
-
-        save_pretrained(model, path)
-    else:
-        from safetensors.torch import save_file
-
-        path.mkdir(parents=True, exist_ok=True)
-        save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(path / "weights.safetensors"))
-
-
-def load_weights(model: nn.Module, path: Path) -> None:
-    """Load what `default_save` (or save_pretrained) wrote in `path` into `model`, in place."""
-    from ..heads import Model
-
-    if isinstance(model, Model) and (path / "config.json").is_file():
-        from ..checkpoint import load_model
-
-        state = load_model(path, head=model.head_name).state_dict()
-    else:
-        from safetensors.torch import load_file
-
-        state = load_file(str(path / "weights.safetensors"))
-    model.load_state_dict(state)
-
-
-def rng_state() -> dict[str, Any]:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-
-
-def latest_checkpoint(output_dir: Path) -> Path | None:
-    found = sorted((output_dir / "checkpoints").glob("step-*/trainer_state.json"))
-    return found[-1].parent if found else None
-
-
-# ---------------------------------------------------------------------- logging
-class Recorder:
-    """metrics.jsonl (+ TensorBoard) on the main process; one record per line, `type` train or eval."""
-
-    def __init__(self, output_dir: Path, main: bool, tensorboard: bool, resume_step: int | None):
-        self.main = main
-        self.file = output_dir / "metrics.jsonl"
-        self.writer = None
-        if not main:
-            return
-        output_dir.mkdir(parents=True, exist_ok=True)
-        if resume_step is not None and self.file.exists():
-            # A resumed run rewrites what came after its checkpoint, so the file reads as one run.
-            kept = [line for line in self.file.read_text().splitlines() if line and json.loads(line)["step"] <= resume_step]
-            self.file.write_text("".join(line + "\n" for line in kept))
-        elif resume_step is None:
-            self.file.write_text("")
-        if tensorboard:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-            except ImportError:  # the tensorboard package is optional
-                SummaryWriter = None
-            if SummaryWriter is not None:
-                self.writer = SummaryWriter(str(output_dir / "tensorboard"), purge_step=resume_step)
-
-    def log(self, record: dict[str, Any]) -> None:
-        if not self.main:
-            return
-        with self.file.open("a") as f:
-            f.write(json.dumps(record) + "\n")
-        if self.writer is not None:
-            for key, value in record.items():
-                if key not in ("type", "step") and isinstance(value, (int, float)):
-                    self.writer.add_scalar(f"{record['type']}/{key}", value, record["step"])
-
-    def close(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
-
-
-def plot_curves(metrics_file: Path, out: Path) -> Path | None:
-    """Training loss and evaluation metrics against steps, as a PNG (None without matplotlib)."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return None
-    records = [json.loads(line) for line in metrics_file.read_text().splitlines() if line]
-    train = [r for r in records if r["type"] == "train"]
-    evals = [r for r in records if r["type"] == "eval"]
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    axes[0].plot([r["step"] for r in train], [r["loss"] for r in train], label="train loss")
-    if any("eval_loss" in r for r in evals):
-        axes[0].plot([r["step"] for r in evals if "eval_loss" in r], [r["eval_loss"] for r in evals if "eval_loss" in r],
-                     "o-", label="eval loss")
-    axes[0].set_xlabel("step")
-    axes[0].set_title("loss")
-    axes[0].legend()
-    # Scores only: counts and thresholds (support, HasAns_total, best_f1_thresh...) would squash the axis.
-    skip = ("support", "total", "thresh", "seconds", "count", "tokens", "texts")
-    names = [k for k in (evals[0] if evals else {}) if k not in ("type", "step", "epoch", "eval_loss")
-             and not any(word in k for word in skip) and isinstance(evals[0][k], (int, float))]
-    for name in names[:6]:
-        axes[1].plot([r["step"] for r in evals], [r[name] for r in evals], "o-", label=name)
-    axes[1].set_title("evaluation")
-    parts = [k for k in (train[-1] if train else {}) if k.startswith("loss_")]
-    if not names and parts:  # no evaluation (general distillation): the loss's parts, each on its own scale
-        for name in parts:
-            first = train[0][name] or 1.0
-            axes[1].plot([r["step"] for r in train], [r[name] / first for r in train], label=f"{name} (x {first:.3g})")
-        axes[1].set_title("loss parts, relative to their first value")
-        names = parts
-    axes[1].set_xlabel("step")
-    if names:
-        axes[1].legend()
-    fig.tight_layout()
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
 
 
 # ---------------------------------------------------------------------- the loop
@@ -372,7 +241,7 @@ def fit(
         scheduler.load_state_dict(blob["scheduler"])
         if scaler is not None and blob.get("scaler"):
             scaler.load_state_dict(blob["scaler"])
-        _apply_options(optimizer, scheduler, o)
+        apply_options(optimizer, scheduler, o)
         rng_file = resume_from / f"rng_state_{d.rank}.pt"
         if rng_file.is_file():
             set_rng_state(torch.load(rng_file, weights_only=False))
@@ -480,11 +349,11 @@ def fit(
                     best, best_step = value, step
                     best_dir = out_dir / "best"
                     if d.main:
-                        _replace_dir(best_dir, lambda tmp: save(core, tmp))
-                _barrier(d)
+                        replace_dir(best_dir, lambda tmp: save(core, tmp))
+                barrier(d)
             if (o.save_every > 0 and step % o.save_every == 0) or (o.save_every == 0 and evaluated) or done:
                 saved_epoch, saved_pos = (epoch + 1, 0) if end_of_epoch else (epoch, bi + 1)
-                _save_checkpoint(core, optimizer, scheduler, scaler, save, out_dir, d, step, total, saved_epoch,
+                save_checkpoint(core, optimizer, scheduler, scaler, save, out_dir, d, step, total, saved_epoch,
                                  saved_pos, best, best_step, o)
             if done:
                 break
@@ -505,7 +374,7 @@ def fit(
             save(core, out_dir)
         if o.plot and recorder.file.exists():
             plot_curves(recorder.file, out_dir / "curves.png")
-    _barrier(d)
+    barrier(d)
     return TrainResult(step, losses, evals, best, best_step, out_dir, best_dir)
 
 
@@ -524,63 +393,3 @@ def _evaluate(model: nn.Module, evaluate: Callable[[nn.Module], dict[str, float]
     return metrics
 
 
-def _barrier(d: Dist) -> None:
-    if d.world > 1:
-        dist.barrier()
-
-
-def _replace_dir(target: Path, write: Callable[[Path], None]) -> None:
-    """Write into a temporary sibling and swap it in, so a crash never leaves half a directory."""
-    tmp = target.with_name(target.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    write(tmp)
-    old = target.with_name(target.name + ".old")
-    if target.exists():
-        shutil.rmtree(old, ignore_errors=True)
-        target.rename(old)
-    tmp.rename(target)
-    shutil.rmtree(old, ignore_errors=True)
-
-
-def _apply_options(optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LambdaLR,
-                   o: TrainOptions) -> None:
-    """A restored optimizer and scheduler bring back the saved lr and weight decay: put this run's
-    back, so that what the options say is what trains (the same values on a plain resume)."""
-    for i, group in enumerate(optimizer.param_groups):
-        group["initial_lr"] = o.lr
-        if group.get("decays", group["weight_decay"] != 0):  # older checkpoints lack the mark
-            group["weight_decay"] = o.weight_decay
-        scheduler.base_lrs[i] = o.lr
-        group["lr"] = o.lr * scheduler.lr_lambdas[i](scheduler.last_epoch)
-    scheduler._last_lr = [g["lr"] for g in optimizer.param_groups]
-
-
-def _save_checkpoint(model, optimizer, scheduler, scaler, save, out_dir: Path, d: Dist, step: int, total: int,
-                     epoch: int, position: int, best, best_step, options: TrainOptions) -> None:
-    keep = options.keep_checkpoints
-    root = out_dir / "checkpoints"
-    target = root / f"step-{step:07d}"
-    tmp = root / f"step-{step:07d}.tmp"
-    if d.main:
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        save(model, tmp)
-        torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                    "scaler": scaler.state_dict() if scaler is not None else None}, tmp / "optimizer.pt")
-    _barrier(d)
-    torch.save(rng_state(), tmp / f"rng_state_{d.rank}.pt")
-    _barrier(d)
-    if d.main:
-        # trainer_state.json last: its presence marks a complete checkpoint.
-        state = {"step": step, "total_steps": total, "epoch": epoch, "position": position, "world_size": d.world,
-                 "best_metric": best, "best_step": best_step,
-                 # What this checkpoint was trained with: a resume refuses other options (rundir.start).
-                 "options": options.to_dict() if hasattr(options, "to_dict") else None}
-        (tmp / "trainer_state.json").write_text(json.dumps(state, indent=2) + "\n")
-        shutil.rmtree(target, ignore_errors=True)
-        tmp.rename(target)
-        done = sorted(p.parent for p in root.glob("step-*/trainer_state.json"))
-        for old in done[: max(0, len(done) - max(1, keep))]:
-            shutil.rmtree(old, ignore_errors=True)
-    _barrier(d)

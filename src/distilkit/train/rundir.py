@@ -24,7 +24,8 @@ from typing import Any, Callable, Iterator
 import torch.distributed as dist
 
 from ..errors import InputError
-from .loop import Dist, init_distributed, latest_checkpoint
+from .checkpoints import latest_checkpoint
+from .loop import Dist, init_distributed
 from .options import Options
 
 LOCK_FILE = "run.lock"
