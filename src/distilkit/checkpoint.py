@@ -179,16 +179,15 @@ def _hf_names(keys: list[str], cfg: ModelConfig, head: str, expected: dict[str, 
 
 def _no_head_message(path: Path, cfg: ModelConfig, head: str, saved_head: str | None, head_keys: list[str],
                      sd: dict[str, Tensor], expected: dict[str, Tensor]) -> str:
-    has = f"a {saved_head} head" if saved_head else "no task head (a bare encoder)"
-    if saved_head == head:
-        has = f"an incomplete {head} head"
+    has = f"has a {saved_head} head" if saved_head else "has no task head (a bare encoder)"
+    has = f"has an incomplete {head} head" if saved_head == head else f"{has}, not the {head} head asked for"
     missing = _hf_names([k for k in head_keys if k not in sd], cfg, head, expected)
     other = [] if saved_head in (None, head) else _hf_names([k for k in head_keys if k in sd and k.startswith("head.")],
                                                              cfg, head, expected)
     detail = f"; missing weights: {', '.join(missing[:20])}" if missing else ""
     if other:  # DistilBERT's `classifier` is both its token head and half its sequence head
         detail += f"; its {', '.join(other)} belong to its {saved_head} head"
-    return (f"{path} has {has}, not the {head} head asked for{detail}. Running it would answer with random "
+    return (f"{path} {has}{detail}. Running it would answer with random "
             f"weights: use a checkpoint trained for the task, or train the head first (distilkit finetune or "
             f"distill; in Python load_model(path, head={head!r}, fresh_head=True)).")
 
