@@ -228,7 +228,7 @@ def build_student(cfg: DistillConfig, teacher: nn.Module, head: str, id2label: d
     from .student import make_student
 
     if cfg.student:
-        return load_model(cfg.student, head=head, id2label=id2label)
+        return load_model(cfg.student, head=head, id2label=id2label, fresh_head=True)
     layers = cfg.student_layers if cfg.student_layers is not None else cfg.student_n_layers
     return make_student(teacher, layers, family=cfg.student_family)
 

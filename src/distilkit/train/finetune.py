@@ -162,7 +162,7 @@ def finetune(cfg: FinetuneConfig, resume: bool | str = False) -> dict[str, Any]:
     labels = None
     if cfg.task != "question-answering":
         labels = list(cfg.labels) if cfg.labels else infer_labels(cfg.task, train)
-    model = load_model(cfg.model, head=head, id2label=dict(enumerate(labels)) if labels else None)
+    model = load_model(cfg.model, head=head, id2label=dict(enumerate(labels)) if labels else None, fresh_head=True)
     if labels and [model.cfg.id2label[i] for i in range(model.cfg.num_labels)] != labels:
         raise ValueError(f"{cfg.model} already has a {head} head with labels {list(model.cfg.id2label.values())}, "
                          f"not {labels}")
