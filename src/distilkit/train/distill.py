@@ -252,7 +252,7 @@ def build_student(cfg: DistillConfig, teacher: nn.Module, head: str, id2label: d
         path = resolve(cfg.student)
         if id2label:
             check_head(path, head, [id2label[i] for i in sorted(id2label)], "the teacher's labels")
-        return load_model(path, head=head, id2label=id2label)
+        return load_model(path, head=head, id2label=id2label, fresh_head=True)
     layers = cfg.student_layers if cfg.student_layers is not None else cfg.student_n_layers
     return make_student(teacher, layers, family=cfg.student_family)
 

@@ -195,7 +195,7 @@ def _finetune(cfg: FinetuneConfig, out: Path, d, resume: Path | bool, allow_chan
         labels = list(cfg.labels) if cfg.labels else infer_labels(cfg.task, train)
         check_head(model_dir, head, labels, "the recipe's labels" if cfg.labels else
                    f"the labels found in {cfg.train_file}")
-    model = load_model(model_dir, head=head, id2label=dict(enumerate(labels)) if labels else None)
+    model = load_model(model_dir, head=head, id2label=dict(enumerate(labels)) if labels else None, fresh_head=True)
     if cfg.dropout is not None:
         set_dropout(model, cfg.dropout)
     if head != "sequence-classification" and model.encoder.pooler is not None:
