@@ -7,6 +7,7 @@ both sides load the same randomly initialised DistilBERT-base-sized checkpoints 
 layers) with the real distilbert-base-uncased tokenizer: the compute is the real model's.
 
     python benchmarks/pipelines.py [--n 256] [--rounds 3] [--mode fp32[,bf16,...]] [--task qa|fill-mask|all] [--no-optimum]
+        [--workdir DIR]
 
 --mode: comma-separated, the first the one whose ratios are printed: fp32, bf16, int8, auto (torch),
 onnx-fp32 / onnx-int8 / onnx-int8-static (a `distilkit export` of the same checkpoint, run by ONNX
@@ -230,6 +231,7 @@ def main(argv=None) -> int:
                     "the one whose ratios are printed")
     ap.add_argument("--task", default="all", choices=["qa", "fill-mask", "all"])
     ap.add_argument("--no-optimum", action="store_true", help="skip the Optimum and optimum-intel QA references")
+    ap.add_argument("--workdir", help="keep the checkpoints and their exports here, and reuse them on the next run")
     args = ap.parse_args(argv)
     modes = args.mode.split(",")
     if set(modes) - set(OURS_MODES):
@@ -245,7 +247,9 @@ def main(argv=None) -> int:
           f"mode {args.mode}, n={args.n}, rounds={args.rounds}")
     results = []
     with tempfile.TemporaryDirectory() as tmp:
-        ckpt = build_checkpoints(Path(tmp))
+        tmp = args.workdir or tmp
+        built = all(Path(tmp, name, "config.json").is_file() for name in ("qa", "fill-mask"))
+        ckpt = {name: Path(tmp, name) for name in ("qa", "fill-mask")} if built else build_checkpoints(Path(tmp))
         if args.task in ("qa", "all"):
             examples = squad_examples(args.n)
             mine = {m: ours_pipeline("question-answering", ckpt["qa"], m) for m in modes}
