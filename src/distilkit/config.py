@@ -23,7 +23,7 @@ MODES: tuple[str, ...] = get_args(Mode)
 # models (benchmarks/agreement.py, docs/performance.md). torch: bf16 where the hardware computes it
 # natively (AMX/AVX512-BF16 CPUs, GPUs; 99.33% of QA spans), else fp32. Exports (ONNX Runtime,
 # OpenVINO): fp32, since OpenVINO's bf16 (97.33% of QA spans: it rounds norms and softmax to bf16
-# too) and every int8 (dynamic or calibrated, 82-84%) kept fewer.
+# too) and every int8 (dynamic or calibrated, 45-82%) kept fewer.
 AUTO_POLICY = "torch: bf16 where native, else fp32; exports: fp32"
 
 # HF architecture suffix -> our head name. The prefix (DistilBert/Bert/Roberta) is the family.
