@@ -127,3 +127,12 @@ def test_updates_from_many_threads_all_count():
         w.join()
     p.close()
     assert p.n == 8000
+
+
+def test_the_bar_estimates_the_total_from_the_share_that_holds_a_known_count():
+    tty = Terminal()
+    with progress(None, "job", "records", stream=tty) as p:
+        p.set_fraction(0.25, count=10)  # 10 records are a quarter of the input...
+        p.update(14)  # ...and 4 more are done in the next, unfinished piece
+        p.close()
+    assert "14/40" in tty.getvalue()

@@ -74,6 +74,7 @@ class Progress:
         self.total = total
         self.n = self.initial = self._n0 = int(initial)  # _n0: the count when the clock started
         self.fraction = self._fraction0 = 0.0
+        self._fraction_count: int | None = None  # units in `fraction` of the input, when told
         self.postfix: dict[str, Any] = {}
         self._t0 = self._started = time.monotonic()
         self._lock = threading.RLock()
@@ -110,9 +111,12 @@ class Progress:
                 self._bar.total = total
                 self._bar.refresh()
 
-    def set_fraction(self, fraction: float) -> None:
-        """Share of the input consumed (bytes read), for an ETA while the total count is unknown."""
+    def set_fraction(self, fraction: float, count: int | None = None) -> None:
+        """Share of the input consumed (bytes read), for an ETA while the total count is unknown;
+        `count`: the units that share holds, when the count runs ahead of it (work in flight)."""
         with self._lock:
+            if fraction >= self.fraction and count is not None:
+                self._fraction_count = count
             self.fraction = max(self.fraction, min(float(fraction), 1.0))
             if self.n == self._n0:  # nothing counted yet this run: skipped input is not this run's work
                 self._fraction0 = self.fraction
@@ -245,7 +249,8 @@ class Progress:
     def _estimate_total(self) -> None:
         # the bar needs a total for its percentage and ETA: estimate it from the share of input read
         if self._bar is not None and self.total is None and self.fraction > 0:
-            self._bar.total = max(self.n, int(round(self.n / self.fraction)))
+            count = self.n if self._fraction_count is None else self._fraction_count
+            self._bar.total = max(self.n, int(round(count / self.fraction)))
 
 
 def _fmt(value: Any) -> str:
