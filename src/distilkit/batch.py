@@ -146,7 +146,7 @@ def run_batch(
     build_params(cls.Params, params, task_name)  # InputError before anything is loaded
 
     model_ref = str(model or os.environ.get("DISTILKIT_MODEL") or _default_model(task_name))
-    from .checkpoint import resolve
+    from .hub import resolve
 
     model_path = resolve(model_ref)
     job = {
@@ -860,7 +860,7 @@ def _json_object(text: str) -> dict:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from .checkpoint import CheckpointError, ModelNotFoundError
+    from .hub import CheckpointError, ModelNotFoundError  # not .checkpoint: that imports torch
 
     try:
         report = run_batch(**vars(args))
