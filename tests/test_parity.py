@@ -145,7 +145,7 @@ def garbage_memory(monkeypatch):
 def test_base_checkpoint_gets_a_fresh_head_for_fine_tuning(checkpoint, garbage_memory):
     base = checkpoint("bert", None)
     torch.manual_seed(0)
-    model = load_model(base, head="sequence-classification")
+    model = load_model(base, head="sequence-classification", fresh_head=True)
     assert model.head_name == "sequence-classification"
     _assert_initialised_as_bert(model.head, model.cfg.initializer_range)
     ref = T.AutoModel.from_pretrained(base)
@@ -160,7 +160,7 @@ def test_every_fresh_head_is_initialised(checkpoint, garbage_memory, family, hea
     """A fresh head's parameters are all initialised as transformers initialises them, none left as
     the memory it was given (the masked-LM bias is a bare parameter, not a module)."""
     torch.manual_seed(0)
-    model = load_model(checkpoint(family, None), head=head)
+    model = load_model(checkpoint(family, None), head=head, fresh_head=True)
     for name, p in model.named_parameters():
         assert not torch.isnan(p).any(), name
     _assert_initialised_as_bert(model.head, model.cfg.initializer_range)
