@@ -70,6 +70,22 @@ def test_the_model_defaults_to_DISTILKIT_MODEL(checkpoint, tmp_path, monkeypatch
     assert pipeline("question-answering")(question="What's my name?", context="My name is John and I live in Seattle") == answer
 
 
+def test_batch_defaults_to_DISTILKIT_MODEL(checkpoint, tmp_path, monkeypatch):
+    from distilkit import pipeline
+    from distilkit.batch import run_batch
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
+    model = checkpoint("distilbert", "question-answering", head_scale=20.0)
+    monkeypatch.setenv("DISTILKIT_MODEL", str(model))
+    records = tmp_path / "in.jsonl"
+    example = {"question": "What's my name?", "context": "My name is John and I live in Seattle"}
+    records.write_text(json.dumps({"id": "a", **example}) + "\n")
+    run_batch(str(records), str(tmp_path / "out.jsonl"), "question-answering", progress="none")
+    [row] = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
+    assert_same(row["result"], pipeline("question-answering", model=model)(**example))
+
+
 @pytest.mark.parametrize("stdin,error_type", [
     ("{not json", "invalid_json"),
     (json.dumps({"inputs": {"input_string": ["no mask here"]}}), "validation_error"),
