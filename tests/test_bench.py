@@ -11,13 +11,44 @@ import torch
 from distilkit import bench
 
 
-def test_modes_are_timed_against_the_first_on_the_same_inputs(checkpoint):
+def test_modes_are_timed_against_the_first_on_the_same_inputs(checkpoint, monkeypatch):
+    """Speeds from a clock that the forward passes move by a set time per mode (fp32 0.5 s, int8
+    0.2 s, int8's first round 3 s: the median ignores it); the logit difference against transformers'
+    fp32 logits and our int8 ones, on the bench's inputs."""
+    import types
+
+    import transformers as T
+
+    from distilkit.checkpoint import load_model
+    from distilkit.runtime import Runtime
+
+    clock, seen = [0.0], []
+    forward = Runtime.forward
+
+    def timed(self, batch, positions=None):
+        cost = {"fp32": 0.5, "int8": 3.0 if self.mode == "int8" and len(seen) == 3 else 0.2}[self.mode]
+        clock[0] += cost
+        seen.append((self.mode, batch["input_ids"].copy()))
+        return forward(self, batch, positions)
+
+    monkeypatch.setattr(Runtime, "forward", timed)
+    monkeypatch.setattr(bench, "time", types.SimpleNamespace(perf_counter=lambda: clock[0], sleep=lambda s: None))
     path = checkpoint("distilbert", "question-answering")
-    rows = bench.run(path, ["fp32", "int8"], batch=2, tokens=16, rounds=2, pause=0)
+    rows = bench.run(path, ["fp32", "int8"], batch=2, tokens=16, rounds=3, pause=0)
     assert [r["mode"] for r in rows] == ["fp32", "int8"]
-    assert rows[0]["speedup"] == 1.0 and rows[0]["max_logit_diff"] == 0.0
-    assert all(r["tokens_per_s"] > 0 for r in rows)
-    assert 0 < rows[1]["max_logit_diff"] < 1  # int8 computes something else, but close
+    assert [r["tokens_per_s"] for r in rows] == pytest.approx([2 * 16 / 0.5, 2 * 16 / 0.2])
+    assert [r["speedup"] for r in rows] == pytest.approx([1.0, 2.5])
+    ids = seen[0][1]
+    assert ids.shape == (2, 16) and all(np.array_equal(b, ids) for _, b in seen)  # one input for all
+
+    monkeypatch.setattr(Runtime, "forward", forward)
+    with torch.no_grad():
+        out = T.AutoModelForQuestionAnswering.from_pretrained(path).eval()(input_ids=torch.from_numpy(ids))
+    want = torch.stack([out.start_logits, out.end_logits], -1).numpy()
+    int8 = Runtime(load_model(path), mode="int8").forward({"input_ids": ids, "attention_mask": np.ones_like(ids)})
+    assert rows[0]["max_logit_diff"] == 0.0
+    assert rows[1]["max_logit_diff"] == pytest.approx(float(np.abs(int8 - want).max()), abs=2e-5)
+    assert rows[1]["max_logit_diff"] > 1e-4  # int8 computes something else
 
 
 def test_a_masked_lm_projects_one_position_per_row(checkpoint, monkeypatch):

@@ -67,6 +67,23 @@ def test_parity_and_round_trips(checkpoint, tmp_path, family, overrides, head):
     _compare(ref, load_model(tmp_path / "ours"), head, ids, mask)
 
 
+@pytest.mark.parametrize("family,overrides", FAMILIES, ids=["distilbert", "distilbert-sinusoidal", "bert", "roberta"])
+def test_parity_up_to_the_position_limit(checkpoint, family, overrides):
+    """Every position the table holds (128 here; RoBERTa's 130 less its offset of 2), with padding
+    in the middle of the range: the 13-token batch above leaves most of the table unread."""
+    path = checkpoint(family, "question-answering", **overrides)
+    ref = T.AutoModelForQuestionAnswering.from_pretrained(path).eval()
+    ours = load_model(path)
+    limit = ours.cfg.max_length
+    assert limit == 128
+    g = torch.Generator().manual_seed(2)
+    ids = torch.randint(5, ref.config.vocab_size, (3, limit), generator=g)
+    mask = torch.ones_like(ids)
+    mask[1, 100:] = 0
+    mask[2, 40:] = 0
+    _compare(ref, ours, "question-answering", ids.masked_fill(mask == 0, ref.config.pad_token_id), mask)
+
+
 def test_output_attentions_match(checkpoint):
     path = checkpoint("bert", None)
     ref = T.AutoModel.from_pretrained(path, attn_implementation="eager").eval()
@@ -90,25 +107,64 @@ def test_masked_lm_projects_only_requested_positions(checkpoint):
     torch.testing.assert_close(part, full.reshape(-1, full.size(-1))[pos])
 
 
-def test_base_checkpoint_gets_a_fresh_head_for_fine_tuning(checkpoint):
+def _assert_initialised_as_bert(module: torch.nn.Module, std: float) -> None:
+    """transformers' BERT init: Linear weights N(0, std) and zero biases, LayerNorm ones and zeros."""
+    from distilkit.heads import MaskedLMHead
+
+    seen = 0
+    for name, m in module.named_modules():
+        if isinstance(m, torch.nn.Linear):
+            w = m.weight.detach()
+            assert abs(w.mean()) < 3 * std / w.numel() ** 0.5 + 1e-3 and 0.7 * std < w.std() < 1.3 * std, (name, w.std())
+            assert torch.equal(m.bias, torch.zeros_like(m.bias)), name
+            seen += 1
+        elif isinstance(m, torch.nn.LayerNorm):
+            assert torch.equal(m.weight, torch.ones_like(m.weight)) and torch.equal(m.bias, torch.zeros_like(m.bias)), name
+        elif isinstance(m, MaskedLMHead):  # its output bias is a bare parameter, not a module's
+            assert torch.equal(m.bias, torch.zeros_like(m.bias)), name
+    assert seen
+
+
+@pytest.fixture
+def garbage_memory(monkeypatch):
+    """Fresh modules get NaN where their memory would be uninitialised (`to_empty` reads as whatever
+    the allocator hands back, often zeros on a fresh page): what init leaves unset shows."""
+    to_empty = torch.nn.Module.to_empty
+
+    def poisoned(self, *args, **kwargs):
+        out = to_empty(self, *args, **kwargs)
+        with torch.no_grad():
+            for t in list(self.parameters()) + list(self.buffers()):
+                if t.is_floating_point():
+                    t.fill_(float("nan"))
+        return out
+
+    monkeypatch.setattr(torch.nn.Module, "to_empty", poisoned)
+
+
+def test_base_checkpoint_gets_a_fresh_head_for_fine_tuning(checkpoint, garbage_memory):
     base = checkpoint("bert", None)
+    torch.manual_seed(0)
     model = load_model(base, head="sequence-classification", fresh_head=True)
     assert model.head_name == "sequence-classification"
-    assert torch.isfinite(model.head.out.weight).all() and model.head.out.weight.abs().sum() > 0
+    _assert_initialised_as_bert(model.head, model.cfg.initializer_range)
     ref = T.AutoModel.from_pretrained(base)
     torch.testing.assert_close(model.encoder.pooler.weight, ref.pooler.dense.weight)  # the pretrained pooler is kept
+    torch.testing.assert_close(model.encoder.embed.word.weight, ref.embeddings.word_embeddings.weight)
 
 
+@pytest.mark.parametrize("family", ["distilbert", "bert", "roberta"])
 @pytest.mark.parametrize("head", ["masked-lm", "question-answering", "sequence-classification",
                                   "token-classification"])
-def test_every_fresh_head_is_initialised(checkpoint, head):
-    """A fresh head's parameters are initialised, none left as uninitialised memory (the masked-LM
-    bias is a bare parameter, not a module)."""
-    model = load_model(checkpoint("bert", None), head=head, fresh_head=True)
-    for name, p in model.head.named_parameters():
-        assert torch.isfinite(p).all(), name
-    if head == "masked-lm":
-        assert torch.equal(model.head.bias, torch.zeros_like(model.head.bias))
+def test_every_fresh_head_is_initialised(checkpoint, garbage_memory, family, head):
+    """A fresh head's parameters are all initialised as transformers initialises them, none left as
+    the memory it was given (the masked-LM bias is a bare parameter, not a module)."""
+    torch.manual_seed(0)
+    model = load_model(checkpoint(family, None), head=head, fresh_head=True)
+    for name, p in model.named_parameters():
+        assert not torch.isnan(p).any(), name
+    _assert_initialised_as_bert(model.head, model.cfg.initializer_range)
+    assert model.cfg.initializer_range == 0.02
 
 
 def test_unknown_key_is_named(checkpoint, tmp_path):
@@ -198,4 +254,6 @@ def test_positions_leave_the_hidden_states_whole(checkpoint):
     ids, mask = _batch(ours.cfg.vocab_size, 0)
     with torch.no_grad():
         out = ours(ids, mask, positions=torch.tensor([0, 5]))
-    assert out.logits.shape[0] == 2 and out.last_hidden_state.shape[:2] == ids.shape
+        full = ours(ids, mask)
+    assert out.logits.shape[0] == 2
+    torch.testing.assert_close(out.last_hidden_state, full.last_hidden_state, atol=0, rtol=0)

@@ -8,24 +8,8 @@ import pytest
 import transformers as T
 
 from conftest import CORPUS
+from expect import assert_same
 from distilkit import InputError, pipeline
-
-
-def assert_same(got, expected, path="result"):
-    """Equal structure and values; floats within 1e-5."""
-    if isinstance(expected, dict):
-        assert isinstance(got, dict) and set(got) == set(expected), (path, got, expected)
-        for k in expected:
-            assert_same(got[k], expected[k], f"{path}.{k}")
-    elif isinstance(expected, list):
-        assert isinstance(got, list) and len(got) == len(expected), (path, got, expected)
-        for i, (g, e) in enumerate(zip(got, expected)):
-            assert_same(g, e, f"{path}[{i}]")
-    elif isinstance(expected, (float, np.floating)):
-        assert isinstance(got, float), (path, type(got))
-        assert got == pytest.approx(float(expected), rel=1e-5, abs=1e-7), path
-    else:
-        assert got == expected, (path, got, expected)
 
 
 # ---------------------------------------------------------------------- fill-mask
@@ -50,26 +34,25 @@ def test_fill_mask_several_masks(checkpoint):
     ours = pipeline("fill-mask", model=path)
     text = "[MASK] is the capital of [MASK]."
     got, expected = ours(text, top_k=3), ref(text, top_k=3)
-    assert len(got) == 2 and all(len(row) == 3 for row in got)
-    for g_row, e_row in zip(got, expected):
+    ids = ref.tokenizer(text)["input_ids"]
+    masks = [i for i, t in enumerate(ids) if t == ref.tokenizer.mask_token_id]
+    assert len(got) == len(expected) == len(masks) == 2 and all(len(row) == 3 for row in got)
+    for mask, g_row, e_row in zip(masks, got, expected):
         for g, e in zip(g_row, e_row):
             assert (g["token"], g["token_str"]) == (e["token"], e["token_str"])
             assert g["score"] == pytest.approx(e["score"], rel=1e-5)
-            # the same sentence without the [CLS]/[SEP] the reference leaves in; the other mask stays
-            if e["sequence"].startswith("[CLS] "):  # (a "##" piece in first place glues onto [CLS] there)
-                assert g["sequence"] == e["sequence"].replace("[CLS] ", "").replace(" [SEP]", "")
-            assert "[MASK]" in g["sequence"] and "[CLS]" not in g["sequence"] and "[SEP]" not in g["sequence"]
+            # The reference leaves [CLS] and [SEP] in a several-mask sequence; ours is the same
+            # sentence without them (the other mask stays), decoded by the reference's tokenizer.
+            filled = ids[:mask] + [e["token"]] + ids[mask + 1:]
+            assert g["sequence"] == ref.tokenizer.decode(filled[1:-1]), (g["sequence"], e["sequence"])
 
 
-def test_fill_mask_top_k_order_and_sequence(checkpoint):
-    ours = pipeline("fill-mask", model=checkpoint("bert", "masked-lm", head_scale=5.0))
-    out = ours("Paris is the [MASK] of France.", top_k=10)
-    scores = [p["score"] for p in out]
-    assert scores == sorted(scores, reverse=True) and len(out) == 10
-    for p in out:
-        assert p["sequence"] == ours.tokenizer.decode(
-            ours.tokenizer.encode(["Paris is the [MASK] of France."])[0].ids[:4] + [p["token"]]
-            + ours.tokenizer.encode(["Paris is the [MASK] of France."])[0].ids[5:], skip_special_tokens=True)
+def test_fill_mask_top_ten_equals_transformers(checkpoint):
+    path = checkpoint("bert", "masked-lm", head_scale=5.0)
+    ref = T.pipeline("fill-mask", model=str(path), tokenizer=str(path))
+    ours = pipeline("fill-mask", model=path)
+    text = "Paris is the [MASK] of France."
+    assert_same(ours(text, top_k=10), ref(text, top_k=10))
 
 
 @pytest.mark.parametrize("call,field", [
@@ -88,8 +71,11 @@ def test_fill_mask_errors(checkpoint, call, field):
 
 
 def test_fill_mask_truncation_option(checkpoint):
-    ours = pipeline("fill-mask", model=checkpoint("distilbert", "masked-lm"))
-    assert len(ours("a [MASK] " + "word " * 300, truncation=True)) == 5
+    path = checkpoint("distilbert", "masked-lm", head_scale=5.0)
+    ref = T.pipeline("fill-mask", model=str(path), tokenizer=str(path))
+    ours = pipeline("fill-mask", model=path)
+    text = "a [MASK] " + "word " * 300
+    assert_same(ours(text, truncation=True), ref(text, tokenizer_kwargs={"truncation": True}))
 
 
 # ---------------------------------------------------------------------- text classification
@@ -120,12 +106,18 @@ def test_text_classification_default_top_k_at_construction(checkpoint):
 
 
 def test_text_classification_errors(checkpoint):
-    ours = pipeline("text-classification", model=checkpoint("distilbert", "sequence-classification"))
+    # A sharp head: the tiny encoder's [CLS] state varies little between texts, and scores at 10x
+    # differ in the fifth digit, too close to tell one cut from the next.
+    path = checkpoint("distilbert", "sequence-classification", head_scale=100.0)
+    ours = pipeline("text-classification", model=path)
     with pytest.raises(InputError, match="function_to_apply"):
         ours("hello", function_to_apply="softplus")
     with pytest.raises(InputError, match="truncation"):
         ours("word " * 300)
-    assert len(ours("word " * 300, truncation=True)) == 1
+    ref = T.pipeline("text-classification", model=str(path), tokenizer=str(path))
+    long_text = " ".join(CORPUS * 3)  # over 128 tokens: the cut decides the label
+    kw = dict(truncation=True, top_k=None, function_to_apply="none")
+    assert_same(ours(long_text, **kw), ref(long_text, **kw))
 
 
 # ---------------------------------------------------------------------- token classification
@@ -147,19 +139,52 @@ def test_token_classification_equals_transformers(checkpoint, family, strategy):
     assert_same(ours(NER_TEXTS[0], ignore_labels=[]), ref(NER_TEXTS[0], ignore_labels=[]))
 
 
-def test_token_classification_long_text_through_windows(checkpoint):
-    path = checkpoint("bert", "token-classification", head_scale=10.0)
+LONG_NER_TEXT = " ".join(NER_TEXTS * 12)  # several hundred tokens: windows of the tiny models' 128
+
+
+@pytest.mark.parametrize("family", ["bert", "roberta"])
+@pytest.mark.parametrize("strategy", ["simple", "first", "average", "max"])
+def test_token_classification_windows_and_stride_equal_transformers(checkpoint, family, strategy):
+    """Over the limit, the reference labels the whole text only when given `stride`; ours cuts the
+    same windows (a quarter window of overlap by default) and merges their entities alike."""
+    path = checkpoint(family, "token-classification", head_scale=10.0)
+    ref = T.pipeline("token-classification", model=str(path), tokenizer=str(path), aggregation_strategy=strategy)
+    ours = pipeline("token-classification", model=path, aggregation_strategy=strategy)
+    n_tokens = len(ours.tokenizer.encode([LONG_NER_TEXT], add_special_tokens=False)[0].ids)
+    assert n_tokens > 3 * 128
+    for stride in (8, 50):
+        expected = ref(LONG_NER_TEXT, stride=stride, ignore_labels=[])
+        assert_same(ours(LONG_NER_TEXT, stride=stride, ignore_labels=[]), expected)
+        assert expected[-1]["end"] > len(LONG_NER_TEXT) - 10  # the last window was labelled too
+    assert_same(ours(LONG_NER_TEXT), ref(LONG_NER_TEXT, stride=(128 - 2) // 4))
+
+
+@pytest.mark.parametrize("family", ["bert", "roberta"])
+def test_token_classification_labels_every_token_of_a_long_text(checkpoint, family):
+    """Strategy "none" (where the reference takes no stride and labels only the first 126 tokens):
+    side-by-side windows, each token labelled once by its own window, `index` counting across the
+    whole text. The expected labels come from transformers' tokenizer and model, window by window."""
+    import torch
+
+    path = checkpoint(family, "token-classification", head_scale=10.0)
+    tok = T.AutoTokenizer.from_pretrained(path)
+    model = T.AutoModelForTokenClassification.from_pretrained(path).eval()
+    enc = tok(LONG_NER_TEXT, truncation=True, max_length=128, stride=0, return_overflowing_tokens=True,
+              return_offsets_mapping=True, return_special_tokens_mask=True)
+    expected = []
+    for ids, offsets, special in zip(enc["input_ids"], enc["offset_mapping"], enc["special_tokens_mask"]):
+        with torch.no_grad():
+            probs = model(torch.tensor([ids])).logits[0].softmax(-1)
+        for pos, (token, (start, end)) in enumerate(zip(ids, offsets)):
+            if not special[pos]:
+                label = int(probs[pos].argmax())
+                expected.append({"entity": model.config.id2label[label], "score": float(probs[pos, label]),
+                                 "index": len(expected) + 1, "word": tok.convert_ids_to_tokens(token),
+                                 "start": start, "end": end})
+    assert len(enc["input_ids"]) > 3
     ours = pipeline("token-classification", model=path)
-    long_text = " ".join(NER_TEXTS * 20)  # several hundred tokens, over the tiny model's 128
-    n_tokens = len(ours.tokenizer.encode([long_text], add_special_tokens=False)[0].ids)
-    assert n_tokens > 128
-    tokens = ours(long_text, ignore_labels=[])
-    assert [t["index"] for t in tokens] == list(range(1, n_tokens + 1))  # every token labelled once
-    for t in tokens:
-        assert long_text[t["start"]:t["end"]].lower().replace(" ", "") != ""
-    grouped = ours(long_text, aggregation_strategy="simple", ignore_labels=[])
-    assert grouped[-1]["end"] == len(long_text) - 1 or grouped[-1]["end"] == len(long_text)
-    assert all(a["start"] < b["start"] for a, b in zip(grouped, grouped[1:]))
+    assert_same(ours(LONG_NER_TEXT, ignore_labels=[]), expected)
+    assert_same(ours(LONG_NER_TEXT), [e for e in expected if e["entity"] != "O"])
 
 
 def test_token_classification_errors(checkpoint):

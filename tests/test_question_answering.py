@@ -45,6 +45,61 @@ def test_equal_to_the_transformers_pipeline(checkpoint, family):
     np.testing.assert_allclose([r["score"] for r in batched], [r["score"] for r in alone], rtol=1e-5)
 
 
+@pytest.fixture(scope="module")
+def null_winning_checkpoint(checkpoint, tmp_path_factory):
+    """A tiny QA checkpoint whose head leans towards [CLS]: with handle_impossible_answer the empty
+    answer wins for some questions and loses for others (a random head never lets it win).
+    Its start/end weights get a small push along [CLS]'s mean hidden state minus the other tokens'."""
+    import torch
+
+    src = checkpoint("bert", "question-answering", head_scale=20.0)
+    model = T.AutoModelForQuestionAnswering.from_pretrained(src).eval()
+    tok = T.AutoTokenizer.from_pretrained(src)
+    enc = tok(QUESTIONS, [" ".join(CORPUS[:3])] * len(QUESTIONS), padding=True, return_tensors="pt")
+    with torch.no_grad():
+        h = model.bert(**enc).last_hidden_state  # (B, T, dim)
+        real = enc["attention_mask"][:, 1:].bool()
+        towards_cls = h[:, 0].mean(0) - h[:, 1:][real].mean(0)
+        model.qa_outputs.weight += 0.05 * towards_cls / towards_cls.norm()
+    out = tmp_path_factory.mktemp("qa-null")
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
+
+
+@pytest.mark.parametrize("kw", [{}, {"top_k": 3}, {"max_seq_len": 40, "doc_stride": 10}, {"top_k": 2, "max_seq_len": 32}])
+def test_the_empty_answer_wins_as_in_transformers(null_winning_checkpoint, kw):
+    ref = T.pipeline("question-answering", model=str(null_winning_checkpoint), tokenizer=str(null_winning_checkpoint))
+    ours = pipeline("question-answering", model=null_winning_checkpoint)
+    best = []
+    for q in QUESTIONS:
+        for c in (CORPUS[0], " ".join(CORPUS[:3]), CORPUS[6]):
+            expected = _as_list(ref(question=q, context=c, handle_impossible_answer=True, **kw))
+            got = _as_list(ours(question=q, context=c, handle_impossible_answer=True, **kw))
+            assert [(a["answer"], a["start"], a["end"]) for a in got] == [(a["answer"], a["start"], a["end"]) for a in expected], (q, c, kw)
+            np.testing.assert_allclose([a["score"] for a in got], [a["score"] for a in expected], rtol=1e-5, atol=1e-7)
+            best.append(expected[0]["answer"])
+    assert "" in best and any(best), best  # the empty answer won some, lost others
+
+
+def test_max_question_len_cuts_the_question(checkpoint):
+    """Questions over max_question_len tokens are cut to their first max_question_len tokens: the
+    answer equals the reference's for the cut question (the reference's fast tokenizer never cuts)."""
+    path = checkpoint("distilbert", "question-answering", head_scale=20.0)
+    ref = T.pipeline("question-answering", model=str(path), tokenizer=str(path))
+    ours = pipeline("question-answering", model=path)
+    words = "what is the name of the capital city paris".split()  # one token each
+    assert all(len(ours.tokenizer.encode([w], add_special_tokens=False)[0].ids) == 1 for w in words)
+    question = " ".join(words * 3)  # 27 tokens
+    for cut in (5, 11, 27, 64):
+        expected = ref(question=" ".join((words * 3)[:cut]), context=CONTEXT, top_k=3)
+        got = ours(question=question, context=CONTEXT, top_k=3, max_question_len=cut)
+        assert [(a["answer"], a["start"]) for a in got] == [(a["answer"], a["start"]) for a in expected], cut
+        np.testing.assert_allclose([a["score"] for a in got], [a["score"] for a in expected], rtol=1e-5)
+    cut_scores = [ours(question=question, context=CONTEXT, max_question_len=n)["score"] for n in (5, 11)]
+    assert cut_scores[0] != pytest.approx(cut_scores[1], rel=1e-3)  # the cut changes what the model sees
+
+
 def test_input_shapes(checkpoint):
     qa = pipeline("question-answering", model=checkpoint("distilbert", "question-answering"))
     one = qa(question="Where do I live?", context=CORPUS[0])
@@ -133,33 +188,56 @@ def test_impossible_answer(qa):
     assert qa(question="Who?", context=context)["answer"] == "John"  # without the option, never empty
 
 
-def test_top_k_merges_duplicate_texts(qa):
+def test_the_empty_answer_scores_its_least_likely_window(qa):
+    """The null score is the smallest over the windows (the reference's min_null). Window 1 holds no
+    "john": p[CLS] = e^5 / (e^5 + ~27) = 0.85, null 0.72. The last window holds it: p[CLS] =
+    e^5 / (e^5 + e^6 + ~26) = 0.26, null 0.07, "John" 0.70^2 = 0.49. With the largest null the
+    empty answer would win; with the smallest, John does."""
+    context = "Paris is the capital of France. " * 6 + "My name is John."
+    script(qa, start={"john": 6.0}, end={"john": 6.0}, cls=(5.0, 5.0))
+    answers = qa(question="Who?", context=context, max_seq_len=32, doc_stride=6, top_k=2, handle_impossible_answer=True)
+    assert [a["answer"] for a in answers] == ["John", ""]
+    assert answers[0]["score"] == pytest.approx(0.49, abs=0.03) and answers[1]["score"] == pytest.approx(0.07, abs=0.02)
+
+
+def test_top_k_merges_duplicate_texts(qa, checkpoint):
     context = "Seattle is rainy. I live in seattle. John likes Paris."
     script(qa, start={"seattle": 5.0, "paris": 4.0}, end={"seattle": 5.0, "paris": 4.0})
     answers = qa(question="Where?", context=context, top_k=3, max_answer_len=1)
-    texts = [a["answer"].lower() for a in answers]
-    assert texts[0] == "seattle" and texts.count("seattle") == 1 and "paris" in texts
-    # the merged score is the sum of both occurrences' p_start * p_end
-    assert answers[0]["score"] > 2 * answers[texts.index("paris")]["score"]
-    assert answers == sorted(answers, key=lambda a: -a["score"])
+    # One window; the softmax runs over [CLS] (logit 0) and the n context tokens (the reference's count).
+    n = len(T.AutoTokenizer.from_pretrained(checkpoint("bert", "question-answering")).tokenize(context))
+    z = 2 * np.exp(5.0) + np.exp(4.0) + (n - 3) + 1
+    # (the two spans tie: either may name the merged answer)
+    assert (answers[0]["start"], answers[0]["end"]) in {(0, 7), (28, 35)}
+    assert answers[0]["answer"] == context[answers[0]["start"]:answers[0]["end"]]
+    assert (answers[1]["answer"], answers[1]["start"], answers[1]["end"]) == ("Paris", 48, 53)
+    # Both "seattle"s add up: 2 * p_start * p_end; every other one-token span scores (1/z)^2, the
+    # third answer a text found (or widened to, by align_to_words) several times.
+    np.testing.assert_allclose([a["score"] for a in answers[:2]], [2 * np.exp(10.0) / z**2, np.exp(8.0) / z**2],
+                               rtol=1e-5)
+    times = answers[2]["score"] * z**2
+    assert times == pytest.approx(round(times), rel=1e-4) and round(times) >= 1
 
 
+@pytest.mark.parametrize("family", ["bert", "roberta"])
 @pytest.mark.parametrize("context", [
     "Café crème and naïve résumé: the answer is Zoë Saldaña in São Paulo.",
     "東京 is in Japan and 北京 is in China; 東京タワー is tall.",
     "The party 🎉 was fun 😀😀 and John   came   with\tBob\n\nlater.",
     "  leading and trailing   whitespace   runs  ",
 ])
-def test_offsets_index_the_callers_string(qa, context):
-    rng = np.random.default_rng(0)
-    vocab = [qa.tokenizer.id_to_token(i) for i in range(qa.tokenizer.vocab_size)]
-    script(qa, start={t: float(x) for t, x in zip(vocab, rng.normal(0, 3, len(vocab)))},
-           end={t: float(x) for t, x in zip(vocab, rng.normal(0, 3, len(vocab)))})
+def test_offsets_index_the_callers_string(checkpoint, family, context):
+    """Spans over accents, CJK, emoji and whitespace runs, in small windows: the reference's
+    answers, character offsets and scores, each answer the caller's own substring."""
+    path = checkpoint(family, "question-answering", head_scale=20.0)
+    ref = T.pipeline("question-answering", model=str(path), tokenizer=str(path))
+    ours = pipeline("question-answering", model=path)
     for align in (True, False):
-        answers = qa(question="What?", context=context, top_k=20, align_to_words=align, max_seq_len=24, doc_stride=4)
-        assert answers
-        for a in _as_list(answers):
-            assert context[a["start"]:a["end"]] == a["answer"]
+        kw = dict(top_k=20, align_to_words=align, max_seq_len=24, doc_stride=4)
+        expected, got = ref(question="What?", context=context, **kw), ours(question="What?", context=context, **kw)
+        assert [(a["answer"], a["start"], a["end"]) for a in got] == [(a["answer"], a["start"], a["end"]) for a in expected]
+        np.testing.assert_allclose([a["score"] for a in got], [a["score"] for a in expected], rtol=1e-5, atol=1e-7)
+        assert all(a["answer"] and context[a["start"]:a["end"]] == a["answer"] for a in got)
 
 
 def test_many_questions_tokenize_each_context_once(qa, monkeypatch):

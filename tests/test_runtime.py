@@ -87,17 +87,22 @@ def test_length_buckets_leave_the_logits_alone(checkpoint, monkeypatch, family, 
                                        rtol=0, atol=0.05 if mode != "fp32" else 1e-5)
 
 
-def test_bf16_and_int8_stay_close_to_fp32(checkpoint):
-    ckpt = checkpoint("distilbert", "sequence-classification", head_scale=5.0)
-    texts = ["My name is John and I live in Seattle.", "Today is a beautiful day!", "Who is the CEO?"]
-    reference = pipeline("text-classification", model=str(ckpt)).run(texts, top_k=None)
+@pytest.mark.parametrize("family,head", [("distilbert", "question-answering"), ("bert", "token-classification")])
+def test_bf16_and_int8_stay_close_to_fp32(checkpoint, family, head):
+    """Token-level logits, whose spread between tokens (std ~0.5 here) dwarfs the modes' rounding: a
+    sentence classifier's tiny random scores barely move between inputs, so any model would pass."""
+    ckpt = str(checkpoint(family, head, head_scale=5.0))
+    task = head  # the two heads' task names are theirs
+    ids = np.random.default_rng(0).integers(5, 300, size=(4, 20))
+    ids[:, 0] = 2
+    b = {"input_ids": ids, "attention_mask": np.ones_like(ids)}
+    want = pipeline(task, model=ckpt).runtime.forward(b)
+    assert want.std() > 0.3
     for mode in ("bf16", "int8"):
-        task = pipeline("text-classification", model=str(ckpt), mode=mode)
-        assert task.runtime.mode == mode
-        for want, got in zip(reference, task.run(texts, top_k=None)):
-            scores = {r["label"]: r["score"] for r in got}
-            for r in want:
-                assert scores[r["label"]] == pytest.approx(r["score"], abs=0.05), mode
+        runtime = pipeline(task, model=ckpt, mode=mode).runtime
+        assert runtime.mode == mode
+        diff = np.abs(runtime.forward(b) - want).max()
+        assert 0 < diff < 0.1 * want.std(), mode  # measured: bf16 0.006, int8 0.017
 
 
 @pytest.mark.parametrize("engine", [e for e in ("fbgemm", "onednn") if e in torch.backends.quantized.supported_engines])

@@ -60,8 +60,10 @@ def test_pairs_match_transformers(wordpiece_dir):
     ours = Tokenizer.from_pretrained(wordpiece_dir)
     pairs = [("What is my name?", "My name is John and I live in Seattle."), ("Who?", "Alice is on the bench.")]
     expected = ref([p[0] for p in pairs], [p[1] for p in pairs], return_offsets_mapping=True)
-    for enc, ids, types in zip(ours.encode_pairs(pairs), expected["input_ids"], expected["token_type_ids"]):
+    for enc, ids, types, offsets in zip(ours.encode_pairs(pairs), expected["input_ids"], expected["token_type_ids"],
+                                        expected["offset_mapping"]):
         assert enc.ids == ids and enc.type_ids == types
+        assert [tuple(o) for o in enc.offsets] == [tuple(o) for o in offsets]  # into each text of the pair
     t = ours.pair_template
     assert (t.prefix, t.middle, t.suffix) == ([ours.cls_token_id], [ours.sep_token_id], [ours.sep_token_id])
 
@@ -84,7 +86,8 @@ def test_byte_level_bpe_from_vocab_and_merges(bpe_dir, tmp_path):
     # Saved as tokenizer.json, it loads back the same.
     ours.save(tmp_path / "saved")
     again = Tokenizer.from_pretrained(tmp_path / "saved")
-    assert again.encode(texts)[1].ids == ours.encode(texts)[1].ids
+    for a, b in zip(again.encode(texts), ours.encode(texts)):
+        assert (a.ids, a.offsets) == (b.ids, b.offsets)
 
 
 @pytest.mark.parametrize("n,size,stride,expected", [

@@ -132,7 +132,7 @@ def run_batch(
     build_params(cls.Params, params, task_name)  # InputError before anything is loaded
 
     model_ref = str(model or os.environ.get("DISTILKIT_MODEL") or _default_model(task_name))
-    from ..checkpoint import resolve
+    from ..hub import resolve
 
     model_path = resolve(model_ref)
     job = {

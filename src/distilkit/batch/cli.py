@@ -81,7 +81,7 @@ def _raise_terminated(signum: int, frame: Any) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     from . import run_batch
-    from ..checkpoint import CheckpointError, ModelNotFoundError
+    from ..hub import CheckpointError, ModelNotFoundError  # not ..checkpoint: that imports torch
 
     args = build_parser().parse_args(argv)
     previous = None
