@@ -145,3 +145,15 @@ def test_the_bar_estimates_the_total_from_the_share_that_holds_a_known_count():
         p.update(14)  # ...and 4 more are done in the next, unfinished piece
         p.close()
     assert "14/40" in tty.getvalue()
+
+
+def test_a_display_never_closed_stops_quietly_when_its_stream_closes(monkeypatch):
+    """A job that dies without closing its display (an exception before `with`, say) must not
+    leave a timer thread raising 'I/O operation on closed file' into whatever runs next."""
+    errors = []
+    monkeypatch.setattr(threading, "excepthook", lambda args: errors.append(args.exc_value))
+    stream = io.StringIO()
+    p = Progress(total=10, desc="job", mode="lines", interval=0.05, stream=stream)
+    stream.close()
+    p._timer.join(timeout=5)
+    assert not p._timer.is_alive() and errors == []

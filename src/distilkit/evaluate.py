@@ -320,8 +320,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         "lines in a log; none: only the summary")
     parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
     args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
-    from .checkpoint import CheckpointError, ModelNotFoundError
     from .data.readers import DataError
+    from .hub import CheckpointError, ModelNotFoundError  # not .checkpoint: it imports torch
 
     try:
         report = evaluate(args.model, args.task, args.data, format=args.format, columns=_columns(args.columns),

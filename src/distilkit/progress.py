@@ -240,11 +240,14 @@ class Progress:
             with self._lock:
                 if self._closed:
                     return
-                if self._bar is not None:
-                    self._estimate_total()
-                    self._bar.refresh()
-                else:
-                    self._line()
+                try:
+                    if self._bar is not None:
+                        self._estimate_total()
+                        self._bar.refresh()
+                    else:
+                        self._line()
+                except (ValueError, OSError):  # the stream was closed under a display never closed
+                    return
 
     def _estimate_total(self) -> None:
         # the bar needs a total for its percentage and ETA: estimate it from the share of input read
