@@ -56,25 +56,20 @@ FM_SEED = {"inputs": {"input_string": ["Paris is the [MASK] of France.", "Today 
            "parameters": {"top_k": 2}}
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class Server:
-    """One `python -m distilkit.serve` subprocess (through the launcher) on a free loopback port."""
+    """One `python -m distilkit.serve` subprocess (through the launcher) on loopback. It binds
+    port 0 itself and logs the port it got (no free-port race between tests)."""
 
     def __init__(self, task: str, model: Path, *flags: str, slow_s: float = 1.0, env: dict | None = None):
         self.task = task
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.port: int | None = None
+        self.url = ""
         self.log_path = Path(tempfile.mkstemp(prefix=f"serve-{task}-", suffix=".log")[1])
         self._log = self.log_path.open("wb")
         environment = {k: v for k, v in os.environ.items() if k != "DISTILKIT_API_KEY"}
         environment.update({"DISTILKIT_TEST_SLOW_S": str(slow_s), "HF_HUB_OFFLINE": "1", **(env or {})})
         self.proc = subprocess.Popen(
-            [sys.executable, "-c", LAUNCHER, "--task", task, "--model", str(model), "--port", str(self.port),
+            [sys.executable, "-c", LAUNCHER, "--task", task, "--model", str(model), "--port", "0",
              "--threads", "1", "--log-level", "info", *flags],
             env=environment, stdout=self._log, stderr=subprocess.STDOUT)
 
@@ -83,6 +78,13 @@ class Server:
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.log()}")
+            if self.port is None:
+                found = re.search(r"serving \S+ on http://127\.0\.0\.1:(\d+)", self.log())
+                if not found:
+                    time.sleep(0.1)
+                    continue
+                self.port = int(found.group(1))
+                self.url = f"http://127.0.0.1:{self.port}"
             try:
                 if httpx.get(self.url + "/ready", timeout=1).status_code == 200:
                     return self
@@ -106,7 +108,7 @@ class Server:
         self._log.close()
 
     def post(self, path: str, body=None, *, key: str | None = None, timeout: float = 30, **kwargs):
-        headers = kwargs.pop("headers", {})
+        headers = {"content-type": "application/json", **kwargs.pop("headers", {})}  # a JSON client unless told
         if key:
             headers["Authorization"] = f"Bearer {key}"
         if body is not None:
@@ -563,7 +565,7 @@ def test_app_loads_its_model_in_the_background(models, tmp_path):
 def test_bad_model_exits_with_the_reason(tmp_path):
     from distilkit.serve.__main__ import main
 
-    assert main(["--task", "fill-mask", "--model", str(tmp_path / "missing"), "--port", str(free_port())]) == 1
+    assert main(["--task", "fill-mask", "--model", str(tmp_path / "missing"), "--port", "0"]) == 1
     assert main(["--task", "fill-mask", "--max-inputs", "0"]) == 2
     with pytest.raises(SystemExit) as bad_mode:  # refused before anything loads
         main(["--task", "fill-mask", "--mode", "fp16"])
