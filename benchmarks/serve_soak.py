@@ -1,7 +1,8 @@
 """Soak test of `distilkit serve`: steady load for minutes, server RSS sampled every 10 s.
 
 Starts, on 127.0.0.1 ports, a question-answering and a fill-mask server for each allocator arm
-(by default: glibc's own malloc settings, and the server's default of 2 malloc arenas) and drives
+(glibc's own malloc settings, and the server's default: a fixed 1 MiB mmap threshold and 2
+arenas, serve/__main__.py tune_malloc; `--arm-env` adds an arm, e.g. 2 arenas only) and drives
 every server with N keep-alive clients for the whole run, all at once, so that a change in the
 shared machine's load touches every arm alike. Each client cycles through 64 distinct bodies
 (SQuAD dev questions, emotion sentences with one word masked). Every `--sample-s` seconds it
@@ -30,7 +31,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from serve_load import _one, build_checkpoint, free_port, request_bodies, start_server, stop_server  # noqa: E402
 
-ARMS = {"glibc default": {"DISTILKIT_MALLOC_ARENA_MAX": "0"}, "2 arenas (default)": {}}
+ARMS = {"glibc default": {"DISTILKIT_MALLOC_ARENA_MAX": "0", "DISTILKIT_MALLOC_MMAP_THRESHOLD": "0"},
+        "fixed mmap threshold + 2 arenas (default)": {}}
 TASKS = ("question-answering", "fill-mask")
 
 
@@ -122,16 +124,22 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sample-s", type=float, default=10.0)
     ap.add_argument("--size", default="tiny", choices=["tiny", "small", "base"])
     ap.add_argument("--threads", type=int, default=1, help="torch threads per server")
+    ap.add_argument("--arm-env", action="append", default=[], metavar="NAME:VAR=VALUE,...",
+                    help="one more arm: its name and environment variables")
     ap.add_argument("--out", default=None, help="write the samples and verdicts as JSON here")
     ap.add_argument("--png", default=None, help="plot RSS over time here (matplotlib)")
     args = ap.parse_args(argv)
 
+    arms = dict(ARMS)
+    for spec in args.arm_env:
+        arm, _, assignments = spec.partition(":")
+        arms[arm] = dict(kv.split("=", 1) for kv in assignments.split(",") if kv)
     workdir = Path(tempfile.mkdtemp(prefix="serve-soak-"))
     servers: dict[str, dict] = {}
     try:
         models = {t: build_checkpoint(workdir, t, args.size) for t in TASKS}
         bodies = {t: request_bodies(t, 64) for t in TASKS}
-        for arm, env in ARMS.items():
+        for arm, env in arms.items():
             for task in TASKS:
                 name, port = f"{task} | {arm}", free_port()
                 old = {k: os.environ.get(k) for k in env}
