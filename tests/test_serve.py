@@ -60,7 +60,8 @@ class Server:
     """One `python -m distilkit.serve` subprocess (through the launcher) on loopback. It binds
     port 0 itself and logs the port it got (no free-port race between tests)."""
 
-    def __init__(self, task: str, model: Path, *flags: str, slow_s: float = 1.0, env: dict | None = None):
+    def __init__(self, task: str, model: Path, *flags: str, slow_s: float = 1.0, env: dict | None = None,
+                 launcher: str = LAUNCHER):
         self.task = task
         self.port: int | None = None
         self.url = ""
@@ -69,7 +70,7 @@ class Server:
         environment = {k: v for k, v in os.environ.items() if k != "DISTILKIT_API_KEY"}
         environment.update({"DISTILKIT_TEST_SLOW_S": str(slow_s), "HF_HUB_OFFLINE": "1", **(env or {})})
         self.proc = subprocess.Popen(
-            [sys.executable, "-c", LAUNCHER, "--task", task, "--model", str(model), "--port", "0",
+            [sys.executable, "-c", launcher, "--task", task, "--model", str(model), "--port", "0",
              "--threads", "1", "--log-level", "info", *flags],
             env=environment, stdout=self._log, stderr=subprocess.STDOUT)
 
@@ -620,6 +621,24 @@ def test_app_loads_its_model_in_the_background(models, tmp_path):
         assert r.status_code == 503 and r.json()["status"] == "failed"
         error_of(client.post("/score", json={"inputs": "a [MASK]"}), 503, "not_ready")
         assert client.get("/health").status_code == 200
+
+
+def test_an_exported_model_is_served_without_torch(models, tmp_path):
+    pytest.importorskip("onnxruntime")
+    from distilkit.export import export_onnx
+    from distilkit.pipelines import pipeline
+
+    out = export_onnx(models["qa"], tmp_path / "onnx")
+    # `import torch` fails in the server: sys.modules maps it to None.
+    server = Server("question-answering", out, launcher="import sys\nsys.modules['torch'] = None\n" + LAUNCHER)
+    try:
+        server.wait_ready()
+        r = server.post("/score", {**QA_SEED, "parameters": {"return_full": True}})
+        assert r.status_code == 200, r.text
+        close(r.json(), pipeline("question-answering", model=out).run([QA_SEED["input_data"]]))
+        assert server.get("/info").json()["model"] == "onnx"
+    finally:
+        server.stop()
 
 
 def test_bad_model_exits_with_the_reason(tmp_path):
