@@ -79,35 +79,16 @@ def build_parser(prog: str = "distilkit serve") -> argparse.ArgumentParser:
     return p
 
 
-def tune_malloc() -> None:
-    """glibc malloc settings for a long-running server, made before the model's threads start.
-
-    Under steady fill-mask load RSS grew in steps for minutes (benchmarks/serve_soak.py): every
-    batch allocates and frees logit and activation buffers of a new size (rows x vocabulary),
-    and glibc's dynamic mmap threshold moves such blocks into the heap after the first free,
-    where they fragment and are never returned. A fixed threshold keeps buffers of 1 MiB and
-    more in their own mappings, unmapped when freed; a cap of 2 arenas keeps the event loop,
-    model and tokenizer threads from each growing its own heap.
-    $DISTILKIT_MALLOC_MMAP_THRESHOLD and $DISTILKIT_MALLOC_ARENA_MAX change them (0: glibc's
-    default); glibc's own MALLOC_* variables win.
-    """
-    if not sys.platform.startswith("linux"):
-        return
-    import ctypes
-
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:  # not glibc (musl): nothing to tune
-        return
-    for env, glibc_env, option, default in (("DISTILKIT_MALLOC_ARENA_MAX", "MALLOC_ARENA_MAX", -8, 2),
-                                           ("DISTILKIT_MALLOC_MMAP_THRESHOLD", "MALLOC_MMAP_THRESHOLD_", -3, 1 << 20)):
-        value = int(os.environ.get(env, default))
-        if value > 0 and glibc_env not in os.environ:
-            libc.mallopt(option, value)  # M_ARENA_MAX, M_MMAP_THRESHOLD
+# oneDNN compiles and keeps a kernel for every new shape of a product, 1,024 of them by default;
+# under steady fill-mask load (a new rows x vocabulary shape for nearly every batch) that cache
+# grew the server by hundreds of MB over minutes. 256 measured a third less growth in process
+# (benchmarks/serve_soak.py, docs/serving.md). Set the variable to override.
+ONEDNN_CACHE = "256"
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", ONEDNN_CACHE)  # read when oneDNN first runs
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         config = ServeConfig(
@@ -123,7 +104,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"distilkit serve: {e}", file=sys.stderr)
         return 2
 
-    tune_malloc()
     # The model thread's idle OpenMP workers would otherwise spin on the cores the event loop needs
     # (measured: 4x the throughput of a small model under load). Set the variable to override.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")

@@ -143,10 +143,12 @@ class GraceMiddleware:
     has not started gets the documented 503 `shutting_down` JSON with Retry-After, instead of
     the plain-text 500 uvicorn sends for the tasks it cancels."""
 
-    def __init__(self, app):
+    def __init__(self, app, register=None):
         self.app = app
         self.tasks: set[asyncio.Task] = set()
         self.aborted = False
+        if register is not None:  # Starlette builds middlewares itself: hand the instance to its owner
+            register(self)
 
     def abort(self) -> None:
         self.aborted = True

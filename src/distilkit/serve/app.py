@@ -207,9 +207,8 @@ def create_app(config: ServeConfig, task: Any | None = None) -> FastAPI:
     app.state.serve = state
     known_routes = {"/", "/health", "/ready", "/info", "/metrics", "/score", pipeline_route, "/docs", "/openapi.json"}
     # Added first, so inside the metrics: the 503 it sends at the end of the grace period is counted.
-    app.add_middleware(GraceMiddleware)
+    app.add_middleware(GraceMiddleware, register=lambda m: setattr(state, "grace", m))
     app.add_middleware(MetricsMiddleware, metrics=state.metrics, routes=known_routes)
-    app.build_middleware_stack = _keeping_grace(app, state)  # type: ignore[method-assign]
 
     # ------------------------------------------------------------------ errors
     @app.exception_handler(ApiError)
@@ -367,22 +366,6 @@ def create_app(config: ServeConfig, task: Any | None = None) -> FastAPI:
     install_openapi(app, name, ["/score", pipeline_route], state, config.api_key is not None)
     install_docs(app)
     return app
-
-
-def _keeping_grace(app: FastAPI, state: _State):
-    """Starlette builds the middleware stack on first use; keep a handle on the GraceMiddleware
-    instance it makes, so that `abort` can reach the requests in flight."""
-    build = app.build_middleware_stack
-
-    def build_and_find():
-        stack = build()
-        layer = stack
-        while layer is not None and not isinstance(layer, GraceMiddleware):
-            layer = getattr(layer, "app", None)
-        state.grace = layer
-        return stack
-
-    return build_and_find
 
 
 def _param_field(field: str | None) -> str | None:
