@@ -1,8 +1,8 @@
 """Soak test of `distilkit serve`: steady load for minutes, server RSS sampled every 10 s.
 
 Starts, on 127.0.0.1 ports, a question-answering and a fill-mask server for each allocator arm
-(oneDNN's own kernel cache of 1,024 shapes, and the server's default of 256; `--arm-env` adds
-an arm, e.g. "glibc 2 arenas:MALLOC_ARENA_MAX=2") and drives
+(the server as it is; `--arm-env` adds arms with other environment variables, e.g. malloc or
+oneDNN settings) and drives
 every server with N keep-alive clients for the whole run, all at once, so that a change in the
 shared machine's load touches every arm alike. Each client cycles through 64 distinct bodies
 (SQuAD dev questions, emotion sentences with one word masked). Every `--sample-s` seconds it
@@ -31,8 +31,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from serve_load import _one, build_checkpoint, free_port, request_bodies, start_server, stop_server  # noqa: E402
 
-ARMS = {"oneDNN cache 1024 (its own default)": {"ONEDNN_PRIMITIVE_CACHE_CAPACITY": "1024"},
-        "oneDNN cache 256 (the server's default)": {}}
+# Arms: environment variables per server. A run of the default arm only, unless --arm-env adds
+# more (e.g. "2 arenas:MALLOC_ARENA_MAX=2", "oneDNN cache 256:ONEDNN_PRIMITIVE_CACHE_CAPACITY=256").
+ARMS: dict[str, dict[str, str]] = {"default": {}}
 TASKS = ("question-answering", "fill-mask")
 
 
@@ -94,23 +95,25 @@ def verdict(samples: list[dict], name: str) -> dict:
     return out
 
 
-def plot(samples: list[dict], names: list[str], path: Path, title: str) -> None:
+def plot(runs: list[tuple[str, list[dict]]], path: Path, title: str) -> None:
+    """runs: (label prefix, samples) of one or more soaks, every server's RSS curve on its task's panel."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(TASKS), figsize=(11, 4), sharey=False)
+    fig, axes = plt.subplots(1, len(TASKS), figsize=(12, 4.5), sharey=False)
     for ax, task in zip(axes, TASKS):
-        for name in names:
-            if name.startswith(task):
-                ax.plot([s["t"] / 60 for s in samples], [s[name]["rss_mb"] for s in samples], marker=".",
-                        label=name.split(" | ", 1)[1])
+        for prefix, samples in runs:
+            for name in samples[0]:
+                if name.startswith(task):
+                    ax.plot([s["t"] / 60 for s in samples], [s[name]["rss_mb"] for s in samples], marker=".",
+                            ms=3, label=(prefix + name.split(" | ", 1)[1]).strip())
         ax.axvline(1.0, color="grey", lw=0.8, ls=":")
         ax.set_title(task)
         ax.set_xlabel("minutes under load")
         ax.set_ylabel("server RSS (MB)")
-        ax.legend()
+        ax.legend(fontsize=7)
         ax.grid(alpha=0.3)
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
@@ -128,7 +131,17 @@ def main(argv: list[str] | None = None) -> int:
                     help="one more arm: its name and environment variables")
     ap.add_argument("--out", default=None, help="write the samples and verdicts as JSON here")
     ap.add_argument("--png", default=None, help="plot RSS over time here (matplotlib)")
+    ap.add_argument("--replot", nargs="+", default=None, metavar="LABEL=JSON",
+                    help="no soak: plot earlier --out files together into --png")
     args = ap.parse_args(argv)
+    if args.replot:
+        runs = []
+        for spec in args.replot:
+            label, _, file = spec.rpartition("=")
+            runs.append((f"{label}: " if label else "", json.loads(Path(file).read_text())["samples"]))
+        plot(runs, Path(args.png), "server RSS under steady load, one curve per server and arm "
+             "(32 keep-alive clients each, tiny model, 2 shared CPUs)")
+        return 0
 
     arms = dict(ARMS)
     for spec in args.arm_env:
@@ -161,12 +174,12 @@ def main(argv: list[str] | None = None) -> int:
         if args.out:
             Path(args.out).write_text(json.dumps(result, indent=1))
         if args.png:
-            plot(samples, names, Path(args.png),
+            plot([("", samples)], Path(args.png),
                  f"{args.clients} clients per server, {args.size} model, {args.duration / 60:g} min, "
                  f"{os.cpu_count()} shared CPUs (load average at the end {os.getloadavg()[0]:.1f})")
         for n, v in result["verdicts"].items():
             print(f"{n:<45} {json.dumps(v)}")
-        default_ok = all(v.get("flat_within_5pct", False) for n, v in result["verdicts"].items() if "server's default" in n)
+        default_ok = all(v.get("flat_within_5pct", False) for n, v in result["verdicts"].items() if n.endswith("| default"))
         return 0 if default_ok else 1
     finally:
         for s in servers.values():

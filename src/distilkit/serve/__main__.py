@@ -79,16 +79,14 @@ def build_parser(prog: str = "distilkit serve") -> argparse.ArgumentParser:
     return p
 
 
-# oneDNN compiles and keeps a kernel for every new shape of a product, 1,024 of them by default;
-# under steady fill-mask load (a new rows x vocabulary shape for nearly every batch) that cache
-# grew the server by hundreds of MB over minutes. 256 measured a third less growth in process
-# (benchmarks/serve_soak.py, docs/serving.md). Set the variable to override.
-ONEDNN_CACHE = "256"
+SWITCH_INTERVAL_S = "0.0005"
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", ONEDNN_CACHE)  # read when oneDNN first runs
+    # The model thread gives the GIL up around every torch operation and waits for it back; while
+    # the event loop is busy (a retry storm) each wait lasts the switch interval, 5 ms by default.
+    sys.setswitchinterval(float(os.environ.get("DISTILKIT_SWITCH_INTERVAL_S", SWITCH_INTERVAL_S)))
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         config = ServeConfig(

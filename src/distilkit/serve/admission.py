@@ -113,6 +113,46 @@ def check_budget(cost: Cost, max_tokens: int, max_items: int, max_bytes: int) ->
 
 
 # ---------------------------------------------------------------------------------------- middlewares
+ADMITTED = "distilkit.admitted"  # scope key: this request holds one of the queue's admission slots
+
+
+class QueueGate:
+    """Admission before work: with `--max-queue` requests already waiting (queued, or reading
+    and checking their bodies), a scoring POST is refused here, before routing, auth or a byte
+    of its body. A refusal costs microseconds: under a retry storm the event loop (and the
+    GIL the model thread needs between its operations) stays with the admitted requests.
+    The route gives the slot back (`release`) once its request is queued or refused."""
+
+    def __init__(self, app, state, routes: set[str]):
+        self.app, self.state, self.routes = app, state, routes
+        body = json.dumps(error_body("too many requests are waiting; retry shortly", "queue_full")).encode()
+        self.start = {"type": "http.response.start", "status": 503,
+                      "headers": [(b"content-type", b"application/json"), (b"retry-after", b"1"),
+                                  (b"content-length", str(len(body)).encode())]}
+        self.body = {"type": "http.response.body", "body": body}
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope["method"] != "POST" or scope["path"] not in self.routes:
+            return await self.app(scope, receive, send)
+        state = self.state
+        if state.batcher is not None and state.batcher.depth + state.admitting >= state.config.max_queue:
+            state.metrics.dropped.inc(reason="queue_full")
+            await send(self.start)
+            await send(self.body)
+            return
+        state.admitting += 1
+        scope[ADMITTED] = True
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            release(state, scope)
+
+
+def release(state, scope) -> None:
+    if scope.pop(ADMITTED, False):
+        state.admitting -= 1
+
+
 class MetricsMiddleware:
     """Counts requests by route and status and times them (plain ASGI: no body buffering)."""
 

@@ -30,8 +30,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from .. import __version__
 from ..errors import InputError
 from ..schemas import RESPONSE_TYPES, ErrorBody, format_response, parse_request, task_name
-from .admission import (CLIENT_CLOSED, ApiError, GraceMiddleware, MetricsMiddleware, authorize, check_budget,
-                        check_limits, error_body, read_json, require_json)
+from .admission import (CLIENT_CLOSED, ApiError, GraceMiddleware, MetricsMiddleware, QueueGate, authorize,
+                        check_budget, check_limits, error_body, read_json, release, require_json)
 from .batcher import ClientGone, MicroBatcher, QueueFull, ShuttingDown
 from .metrics import ServeMetrics
 from .openapi import DESCRIPTION, SCORE_DOC, install_docs, install_openapi
@@ -208,6 +208,7 @@ def create_app(config: ServeConfig, task: Any | None = None) -> FastAPI:
     known_routes = {"/", "/health", "/ready", "/info", "/metrics", "/score", pipeline_route, "/docs", "/openapi.json"}
     # Added first, so inside the metrics: the 503 it sends at the end of the grace period is counted.
     app.add_middleware(GraceMiddleware, register=lambda m: setattr(state, "grace", m))
+    app.add_middleware(QueueGate, state=state, routes={"/score", pipeline_route})
     app.add_middleware(MetricsMiddleware, metrics=state.metrics, routes=known_routes)
 
     # ------------------------------------------------------------------ errors
@@ -301,13 +302,7 @@ def create_app(config: ServeConfig, task: Any | None = None) -> FastAPI:
         authorize(request, config.api_key)
         require_json(request)
         t, batcher = state.require_ready()
-        # Admission before work: a full queue refuses before a byte of the body is read.
-        if batcher.depth + state.admitting >= config.max_queue:
-            state.metrics.dropped.inc(reason="queue_full")
-            raise ApiError(503, "queue_full", "too many requests are waiting; retry shortly",
-                           headers={"Retry-After": "1"})
-        state.admitting += 1
-        try:
+        try:  # QueueGate admitted this request before its body was read; the slot is given back below
             body = await read_json(request, config.max_body_bytes, config.timeout_s)
             state.metrics.parsed.inc()
             try:
@@ -318,7 +313,7 @@ def create_app(config: ServeConfig, task: Any | None = None) -> FastAPI:
             cost = t.cost(inputs, task_params(t, params))
             check_budget(cost, config.max_request_tokens, config.max_response_items, config.max_response_bytes)
         finally:
-            state.admitting -= 1
+            release(state, request.scope)
         state.metrics.in_flight.inc()
         try:
             rendered = await batcher.submit(
