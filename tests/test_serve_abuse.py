@@ -52,11 +52,11 @@ def test_a_budget_busting_request_is_refused_and_the_next_one_served(fm):
     body = error_of(big, 422, "over_budget", "parameters.top_k")
     assert "500000 results" in body["error"] and "2048" in body["error"]
     many = fm.post("/score", {"input_data": ["Paris is the [MASK] of France. " * 20] * 20})
-    assert "over the limit of 2048" in error_of(many, 422, "over_budget", "inputs")["error"]
+    assert "over the limit of 1024" in error_of(many, 422, "over_budget", "inputs")["error"]
     assert fm.metric("distilkit_batch_requests_count") == parsed  # neither reached the model
     small = fm.post("/score", {"inputs": "Paris is the [MASK] of France.", "parameters": {"top_k": 2}})
     assert small.status_code == 200 and len(small.json()) == 2
-    assert fm.get("/info").json()["budget"] == {"max_request_tokens": 2048, "max_response_items": 2048,
+    assert fm.get("/info").json()["budget"] == {"max_request_tokens": 1024, "max_response_items": 2048,
                                                  "max_response_bytes": 4 << 20}
 
 
