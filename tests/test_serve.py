@@ -56,25 +56,21 @@ FM_SEED = {"inputs": {"input_string": ["Paris is the [MASK] of France.", "Today 
            "parameters": {"top_k": 2}}
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class Server:
-    """One `python -m distilkit.serve` subprocess (through the launcher) on a free loopback port."""
+    """One `python -m distilkit.serve` subprocess (through the launcher) on loopback. It binds
+    port 0 itself and logs the port it got (no free-port race between tests)."""
 
-    def __init__(self, task: str, model: Path, *flags: str, slow_s: float = 1.0, env: dict | None = None):
+    def __init__(self, task: str, model: Path, *flags: str, slow_s: float = 1.0, env: dict | None = None,
+                 launcher: str = LAUNCHER):
         self.task = task
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.port: int | None = None
+        self.url = ""
         self.log_path = Path(tempfile.mkstemp(prefix=f"serve-{task}-", suffix=".log")[1])
         self._log = self.log_path.open("wb")
         environment = {k: v for k, v in os.environ.items() if k != "DISTILKIT_API_KEY"}
         environment.update({"DISTILKIT_TEST_SLOW_S": str(slow_s), "HF_HUB_OFFLINE": "1", **(env or {})})
         self.proc = subprocess.Popen(
-            [sys.executable, "-c", LAUNCHER, "--task", task, "--model", str(model), "--port", str(self.port),
+            [sys.executable, "-c", launcher, "--task", task, "--model", str(model), "--port", "0",
              "--threads", "1", "--log-level", "info", *flags],
             env=environment, stdout=self._log, stderr=subprocess.STDOUT)
 
@@ -83,6 +79,13 @@ class Server:
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.log()}")
+            if self.port is None:
+                found = re.search(r"serving \S+ on http://127\.0\.0\.1:(\d+)", self.log())
+                if not found:
+                    time.sleep(0.1)
+                    continue
+                self.port = int(found.group(1))
+                self.url = f"http://127.0.0.1:{self.port}"
             try:
                 if httpx.get(self.url + "/ready", timeout=1).status_code == 200:
                     return self
@@ -106,7 +109,7 @@ class Server:
         self._log.close()
 
     def post(self, path: str, body=None, *, key: str | None = None, timeout: float = 30, **kwargs):
-        headers = kwargs.pop("headers", {})
+        headers = {"content-type": "application/json", **kwargs.pop("headers", {})}  # a JSON client unless told
         if key:
             headers["Authorization"] = f"Bearer {key}"
         if body is not None:
@@ -188,7 +191,6 @@ def servers(models):
         "qa": (("question-answering", models["qa"], "--max-inputs", "8", "--max-text-chars", "2000",
                 "--max-body-bytes", "20000", "--timeout-s", "1.5"), {"slow_s": 4.0}),
         "fm": (("fill-mask", models["fm"], "--max-wait-ms", "20"), {"slow_s": 2.5, "env": {"DISTILKIT_API_KEY": API_KEY}}),
-        # Stopped by test_sigterm_finishes_the_request_in_flight, the last test that uses a server.
         "tc": (("text-classification", models["tc"], "--max-queue", "2", "--graceful-timeout-s", "20"),
                {"slow_s": 2.5}),
     }
@@ -253,6 +255,26 @@ def test_health_ready_info(servers):
     assert info["auth"] is False and servers["fm"].get("/info").json()["auth"] is True
     spec = qa.get("/openapi.json").json()
     assert {"/score", "/pipeline/question-answering", "/health", "/ready", "/info", "/metrics", "/"} <= set(spec["paths"])
+
+
+def test_small_things(servers, models):
+    qa = servers["qa"]
+    # One rule for empty lists: refused everywhere, never an empty 200.
+    for body, field in (({"input_data": {"question": [], "context": "x"}}, "input_data.question"),
+                        ({"input_data": {"question": "q", "context": []}}, "input_data.context"),
+                        ({"question": [], "context": "x"}, "question"), ({"input_data": []}, "input_data")):
+        error_of(qa.post("/score", body), 422, "invalid_request", field)
+    assert qa.get("/info").json()["model"] == models["qa"].name  # the directory's name, not the host's path
+    for path in ("/health", "/ready"):
+        head = httpx.head(qa.url + path, timeout=10)
+        assert head.status_code == 200 and head.content == b""
+    # /docs works offline: every asset it names is served here.
+    page = qa.get("/docs").text
+    assets = re.findall(r'(?:href|src)="([^"]+)"', page)
+    assert assets and not [a for a in assets if "://" in a]
+    for a in assets:
+        assert qa.get(a).status_code == 200, a
+    assert 'max="1000"' in qa.get("/").text  # the try-it page allows the server's top-k limit
 
 
 def test_try_it_page_is_served(servers):
@@ -487,6 +509,24 @@ def test_auth_on(servers):
     assert API_KEY not in fm.log()  # never logged
 
 
+def test_a_non_ascii_key_matches_byte_for_byte(models):
+    from fastapi.testclient import TestClient
+
+    from distilkit.pipelines import pipeline
+    from distilkit.serve import ServeConfig, create_app
+
+    key = "clé-ünïcode-🔑"
+    app = create_app(ServeConfig(task="text-classification", api_key=key),
+                     pipeline("text-classification", model=models["tc"]))
+    body = {"input_data": ["I love it"]}
+    with TestClient(app) as client:
+        # What a client sends for this key: its UTF-8 bytes (the server must not compare latin-1 text).
+        good = client.post("/score", json=body, headers={"Authorization": b"Bearer " + key.encode()})
+        assert good.status_code == 200, good.text
+        wrong = client.post("/score", json=body, headers={"Authorization": b"Bearer " + key.encode("latin-1", "replace")})
+        error_of(wrong, 401, "unauthorized")
+
+
 def test_auth_off(servers):
     assert servers["qa"].post("/score", QA_SEED).status_code == 200
     assert servers["qa"].post("/score", QA_SEED, headers={"Authorization": "Bearer anything"}).status_code == 200
@@ -514,28 +554,51 @@ def test_metrics_move(servers):
 
 
 # ---------------------------------------------------------------------------------------- shutdown
-def test_sigterm_finishes_the_request_in_flight(servers, local):
-    """Keep this the last test that uses `servers`: it stops the text-classification server."""
-    server = servers["tc"]
+def test_sigterm_finishes_the_requests_in_flight_and_queued(models, local):
+    """Its own server: stopping it leaves the other tests theirs, in any order."""
+    server = Server("text-classification", models["tc"], "--graceful-timeout-s", "20", slow_s=2.5).wait_ready()
     text = "SLOW: I love this!"
-    with concurrent.futures.ThreadPoolExecutor(1) as pool:
-        in_flight = pool.submit(server.post, "/pipeline/text-classification", {"inputs": text})
-        wait_until(lambda: server.metric("distilkit_requests_in_flight") >= 1, what="the request to be in flight")
-        server.proc.send_signal(signal.SIGTERM)
+    try:
+        with concurrent.futures.ThreadPoolExecutor(3) as pool:
+            in_flight = hold_model_thread(pool, server, {"inputs": text})
+            queued = [pool.submit(server.post, "/score", {"input_data": [f"queued text {i}"]}) for i in range(2)]
+            wait_until(lambda: server.metric("distilkit_queue_depth") == 2, what="two queued requests")
+            server.proc.send_signal(signal.SIGTERM)
 
-        def refused() -> bool:  # no new connections while draining
-            try:
-                httpx.get(server.url + "/health", timeout=1)
-            except httpx.HTTPError:
-                return True
-            return False
+            def refused() -> bool:  # no new connections while draining
+                try:
+                    httpx.get(server.url + "/health", timeout=1)
+                except httpx.HTTPError:
+                    return True
+                return False
 
-        wait_until(refused, timeout=10, what="the listener to close")
-        assert not in_flight.done()  # still running when the port closed
-        r = in_flight.result(timeout=30)
-    assert r.status_code == 200, r.text
-    close(r.json(), local("tc")(text))
-    assert server.proc.wait(20) == 0, server.log()
+            wait_until(refused, timeout=10, what="the listener to close")
+            assert not in_flight.done()  # still running when the port closed
+            r = in_flight.result(timeout=30)
+            answers = [f.result(timeout=30) for f in queued]
+        assert r.status_code == 200, r.text
+        close(r.json(), local("tc")(text))
+        for i, a in enumerate(answers):  # queued before the signal: served within the grace period
+            assert a.status_code == 200, a.text
+            close(a.json(), local("tc").run([f"queued text {i}"]))
+        assert server.proc.wait(20) == 0, server.log()
+    finally:
+        server.stop()
+
+
+def test_ready_is_503_while_draining(models):
+    from fastapi.testclient import TestClient
+
+    from distilkit.pipelines import pipeline
+    from distilkit.serve import ServeConfig, create_app
+
+    app = create_app(ServeConfig(task="text-classification"), pipeline("text-classification", model=models["tc"]))
+    with TestClient(app) as client:
+        assert client.get("/ready").status_code == 200
+        app.state.serve.begin_drain(60.0)  # what SIGTERM calls
+        r = client.get("/ready")
+        assert r.status_code == 503 and r.json()["status"] == "draining"
+        assert client.post("/score", json={"input_data": ["still served"]}).status_code == 200
 
 
 # ---------------------------------------------------------------------------------------- in process
@@ -560,10 +623,28 @@ def test_app_loads_its_model_in_the_background(models, tmp_path):
         assert client.get("/health").status_code == 200
 
 
+def test_an_exported_model_is_served_without_torch(models, tmp_path):
+    pytest.importorskip("onnxruntime")
+    from distilkit.export import export_onnx
+    from distilkit.pipelines import pipeline
+
+    out = export_onnx(models["qa"], tmp_path / "onnx")
+    # `import torch` fails in the server: sys.modules maps it to None.
+    server = Server("question-answering", out, launcher="import sys\nsys.modules['torch'] = None\n" + LAUNCHER)
+    try:
+        server.wait_ready()
+        r = server.post("/score", {**QA_SEED, "parameters": {"return_full": True}})
+        assert r.status_code == 200, r.text
+        close(r.json(), pipeline("question-answering", model=out).run([QA_SEED["input_data"]]))
+        assert server.get("/info").json()["model"] == "onnx"
+    finally:
+        server.stop()
+
+
 def test_bad_model_exits_with_the_reason(tmp_path):
     from distilkit.serve.__main__ import main
 
-    assert main(["--task", "fill-mask", "--model", str(tmp_path / "missing"), "--port", str(free_port())]) == 1
+    assert main(["--task", "fill-mask", "--model", str(tmp_path / "missing"), "--port", "0"]) == 1
     assert main(["--task", "fill-mask", "--max-inputs", "0"]) == 2
     with pytest.raises(SystemExit) as bad_mode:  # refused before anything loads
         main(["--task", "fill-mask", "--mode", "fp16"])

@@ -71,16 +71,18 @@ def test_question_is_answered_and_highlighted(servers, browser, tmp_path):
 def test_fill_mask_shows_the_top_k(servers, browser):
     fm = servers["fm"]
     sentence = "Paris is the [MASK] of France."
-    expected = fm.post("/pipeline/fill-mask", {"inputs": sentence, "parameters": {"top_k": 3}}).json()
+    # 60: over the page's old cap of 50 (the browser refused to submit), within the server's 1000.
+    expected = fm.post("/pipeline/fill-mask", {"inputs": sentence, "parameters": {"top_k": 60}}).json()
     page = browser.new_page()
     try:
         page.goto(fm.url + "/")
         page.wait_for_selector("#fill-mask:not([hidden])")
         page.fill("#sentence", sentence)
-        page.fill("#top-k", "3")
+        page.fill("#top-k", "60")
         page.click("#fill")
         page.wait_for_selector("#predictions tr td", timeout=15_000)
         rows = page.locator("#predictions tr").all()[1:]  # after the header
+        assert len(expected) == 60
         assert [r.locator("td").first.text_content() for r in rows] == [e["token_str"] for e in expected]
     finally:
         page.close()
@@ -92,9 +94,14 @@ def test_errors_are_shown(servers, browser):
     try:
         page.goto(qa.url + "/")
         page.wait_for_selector("#question-answering:not([hidden])")
+        page.fill("#context", "My name is John and I live in Seattle.")
+        page.fill("#question", "Where do I live?")
+        page.click("#ask")
+        page.wait_for_selector("#qa-result:not([hidden])", timeout=15_000)
         page.fill("#question", "   ")
         page.click("#ask")
         page.wait_for_function("document.querySelector('#error').textContent.length > 0", timeout=15_000)
         assert "422" in page.text_content("#error") and "question" in page.text_content("#error")
+        assert page.is_hidden("#qa-result")  # the previous answer is not left beside the error
     finally:
         page.close()

@@ -38,6 +38,8 @@ _INT_LIMIT = 2**31  # any integer parameter beyond this is refused before it rea
 # ---------------------------------------------------------------------------------------- pieces
 # `\S`: at least one non-blank character (JSON-schema patterns search, they are not anchored).
 Text = Annotated[str, Field(min_length=1, pattern=r"\S")]
+# One rule for lists everywhere: a list of inputs is never empty (an empty one is a 422, not `[]`).
+Texts = Annotated[list[Text], Field(min_length=1)]
 
 
 class _Strict(BaseModel):
@@ -68,8 +70,8 @@ class QAInputData(_Strict):
     """The model catalog's question answering input: one question or a list, one context or a
     list. Lists of equal length pair up; a single string is paired with every item of a list."""
 
-    question: Text | list[Text]
-    context: Text | list[Text]
+    question: Text | Texts
+    context: Text | Texts
 
 
 # ---------------------------------------------------------------------------------------- parameters
@@ -148,7 +150,7 @@ def _build_models(task: str) -> dict[str, type[BaseModel]]:
         models["pipeline_pair"] = create_model(
             f"{prefix}PipelineRequest", __base__=_Strict,
             __doc__="Hugging Face pipeline JSON: question= and context= (strings or lists).",
-            question=(Text | list[Text], ...), context=(Text | list[Text], ...), parameters=params)
+            question=(Text | Texts, ...), context=(Text | Texts, ...), parameters=params)
     else:
         models["catalog_inputs"] = create_model(
             f"{prefix}CatalogInputsRequest", __base__=_Strict,

@@ -1,41 +1,42 @@
 """The HTTP server: a FastAPI app around one task object and the micro-batcher.
 
 The app knows request shapes (`distilkit.schemas`), limits, auth and metrics; it knows nothing of
-tensors. Every scoring route does: auth -> read a bounded body -> `parse_request` -> limits ->
-queue in the batcher (which calls `task.run` on a model thread) -> `format_response`.
+tensors. Every scoring route does (`admission.py`): auth -> JSON content type -> room in the
+queue -> read a bounded body -> `parse_request` -> limits -> the compute budget (`task.cost`)
+-> queue in the batcher, which runs `task.run` and renders the answer (`format_response` and
+JSON) on the model thread, so a large answer never holds the event loop.
 Errors are JSON `{"error", "error_type", "field"}`; user input never yields a 5xx.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hmac
 import json
 import logging
+import os
 import time
 from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass, field
 from importlib import resources
+from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.openapi.utils import get_openapi
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
-from pydantic import BaseModel, TypeAdapter
+from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.requests import ClientDisconnect
 
 from .. import __version__
 from ..errors import InputError
-from ..schemas import RESPONSE_TYPES, ErrorBody, example_requests, format_response, parse_request, request_schema, task_name
+from ..schemas import RESPONSE_TYPES, ErrorBody, format_response, parse_request, task_name
+from .admission import (CLIENT_CLOSED, ApiError, GraceMiddleware, MetricsMiddleware, QueueGate, authorize,
+                        check_budget, check_limits, error_body, read_json, release, require_json)
 from .batcher import ClientGone, MicroBatcher, QueueFull, ShuttingDown
 from .metrics import ServeMetrics
+from .openapi import DESCRIPTION, SCORE_DOC, install_docs, install_openapi
 
 log = logging.getLogger("distilkit.serve")
-
-# Status for a request whose client left before the answer (nginx's convention; nobody reads it).
-CLIENT_CLOSED = 499
 
 
 @dataclass
@@ -53,35 +54,47 @@ class ServeConfig:
     max_body_bytes: int = 1 << 20
     max_inputs: int = 64  # inputs per request
     max_text_chars: int = 20_000  # characters per text (question, context, text pair)
+    # The compute budget of one request (Task.cost), sized so that one request holds the model
+    # for about a second at most with DistilBERT-base on 2 CPU cores.
+    max_request_tokens: int = 1024  # estimated tokens through the model, windows included
+    max_response_items: int = 2048  # results in the answer (fill-mask: masks x top_k)
+    max_response_bytes: int = 4 << 20  # estimated size of the JSON answer
     max_queue: int = 256  # requests waiting for the model before 503
     timeout_s: float = 30.0  # from arrival to answer, else 504
     graceful_timeout_s: float = 30.0  # how long SIGTERM waits for in-flight requests
+    # Connections (uvicorn and serve/protocol.py).
+    header_timeout_s: float = 10.0  # a connection's request headers must arrive within this
+    keep_alive_s: float = 5.0  # idle keep-alive connections are closed after this
+    max_connections: int = 1024  # open connections; a request over it gets 503
 
     def __post_init__(self) -> None:
         self.task = task_name(self.task)
         for name in ("max_batch_tokens", "max_batch_size", "max_body_bytes", "max_inputs", "max_text_chars",
-                     "max_queue"):
+                     "max_request_tokens", "max_response_items", "max_response_bytes", "max_queue", "max_connections"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.max_wait_ms < 0 or self.timeout_s <= 0 or self.graceful_timeout_s < 0:
             raise ValueError("max_wait_ms and graceful_timeout_s must be >= 0, timeout_s > 0")
+        if self.header_timeout_s <= 0 or self.keep_alive_s <= 0:
+            raise ValueError("header_timeout_s and keep_alive_s must be > 0")
 
     def public(self) -> dict[str, Any]:
         d = asdict(self)
         d.pop("api_key")
+        d["model"] = public_model_name(self.model)
         return d
 
 
-class ApiError(Exception):
-    def __init__(self, status: int, error_type: str, message: str, field: str | None = None,
-                 headers: dict[str, str] | None = None):
-        super().__init__(message)
-        self.status, self.error_type, self.message, self.field, self.headers = status, error_type, message, field, headers
+def public_model_name(model: str | None) -> str | None:
+    """A hub id as given; a local directory by its name only (/info must not show the host's paths)."""
+    if model is None or not Path(model).expanduser().exists():
+        return model
+    return Path(model).expanduser().resolve().name
 
 
 def error_response(status: int, error_type: str, message: str, field: str | None = None,
                    headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse({"error": message, "error_type": error_type, "field": field}, status, headers=headers)
+    return JSONResponse(error_body(message, error_type, field), status, headers=headers)
 
 
 def warmup_inputs(task: Any) -> list:
@@ -93,6 +106,14 @@ def warmup_inputs(task: Any) -> list:
     return ["The model warms up in Paris before the first request."]
 
 
+def render_json(body: Any, depth: int = 2) -> bytes:
+    """JSON bytes of an answer, rendered item by item: one json.dumps of a whole 10 MB answer
+    holds the GIL (so the event loop) for its whole length; small pieces let the loop in."""
+    if isinstance(body, list) and depth > 0:
+        return b"[" + b",".join(render_json(x, depth - 1) for x in body) + b"]"
+    return json.dumps(body, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode("utf-8")
+
+
 # ---------------------------------------------------------------------------------------- state
 class _State:
     def __init__(self, config: ServeConfig, task: Any | None):
@@ -100,10 +121,13 @@ class _State:
         self.task = task
         self.metrics = ServeMetrics()
         self.batcher: MicroBatcher | None = None
+        self.grace: GraceMiddleware | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
         self.ready = False
         self.draining = False
         self.failure: str | None = None
         self.started = time.time()
+        self.admitting = 0  # scoring requests past the queue check, reading or checking their body
 
     def require_ready(self) -> tuple[Any, MicroBatcher]:
         if self.failure is not None:
@@ -111,6 +135,21 @@ class _State:
         if not self.ready or self.batcher is None:
             raise ApiError(503, "not_ready", "the model is loading", headers={"Retry-After": "1"})
         return self.task, self.batcher
+
+    def begin_drain(self, grace_s: float) -> None:
+        """SIGTERM: /ready turns 503 now; at the end of the grace period, `abort`. Safe to call
+        from a signal handler."""
+        self.draining = True
+        if self.loop is not None:
+            self.loop.call_soon_threadsafe(self.loop.call_later, grace_s, self.abort)
+
+    def abort(self) -> None:
+        """Every request still in flight gets 503 shutting_down; the model thread stops at its
+        next piece of work."""
+        if self.batcher is not None:
+            self.batcher.abort()
+        if self.grace is not None:
+            self.grace.abort()
 
 
 class Status(BaseModel):
@@ -153,6 +192,7 @@ def create_app(config: ServeConfig, task: Any | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
+        state.loop = asyncio.get_running_loop()
         loader = asyncio.create_task(load_and_warm())
         if task is not None:
             await loader  # nothing to load: be ready before the first request
@@ -162,16 +202,14 @@ def create_app(config: ServeConfig, task: Any | None = None) -> FastAPI:
         if state.batcher is not None:
             await state.batcher.close()
 
-    app = FastAPI(
-        title="distilkit",
-        version=__version__,
-        description=_DESCRIPTION.format(task=name, route=pipeline_route),
-        lifespan=lifespan,
-        redoc_url=None,
-    )
+    app = FastAPI(title="distilkit", version=__version__, description=DESCRIPTION.format(task=name, route=pipeline_route),
+                  lifespan=lifespan, redoc_url=None, docs_url=None)
     app.state.serve = state
     known_routes = {"/", "/health", "/ready", "/info", "/metrics", "/score", pipeline_route, "/docs", "/openapi.json"}
-    app.add_middleware(_MetricsMiddleware, metrics=state.metrics, routes=known_routes)
+    # Added first, so inside the metrics: the 503 it sends at the end of the grace period is counted.
+    app.add_middleware(GraceMiddleware, register=lambda m: setattr(state, "grace", m))
+    app.add_middleware(QueueGate, state=state, routes={"/score", pipeline_route})
+    app.add_middleware(MetricsMiddleware, metrics=state.metrics, routes=known_routes)
 
     # ------------------------------------------------------------------ errors
     @app.exception_handler(ApiError)
@@ -199,12 +237,14 @@ def create_app(config: ServeConfig, task: Any | None = None) -> FastAPI:
     async def index() -> HTMLResponse:
         return HTMLResponse(page)
 
-    @app.get("/health", response_model=Status, summary="Liveness: the process answers", tags=["ops"])
+    @app.api_route("/health", methods=["GET", "HEAD"], response_model=Status, tags=["ops"],
+                   summary="Liveness: the process answers")
     async def health():
         return {"status": "alive"}
 
-    @app.get("/ready", response_model=Status, summary="Readiness: the model is loaded and warmed", tags=["ops"],
-             responses={503: {"model": Status, "description": "Loading, draining or failed"}})
+    @app.api_route("/ready", methods=["GET", "HEAD"], response_model=Status, tags=["ops"],
+                   summary="Readiness: the model is loaded and warmed",
+                   responses={503: {"model": Status, "description": "Loading, draining or failed"}})
     async def ready():
         if state.failure is not None:
             return JSONResponse({"status": "failed", "detail": state.failure}, 503)
@@ -214,14 +254,14 @@ def create_app(config: ServeConfig, task: Any | None = None) -> FastAPI:
             return JSONResponse({"status": "loading", "detail": None}, 503, headers={"Retry-After": "1"})
         return {"status": "ready", "detail": None}
 
-    @app.get("/info", summary="Model, task, limits and version", tags=["ops"])
+    @app.get("/info", summary="Model, task, limits, compute budget and version", tags=["ops"])
     async def info() -> dict[str, Any]:
         t = state.task
         cfg = t.model.cfg if t is not None else None
         return {
             "version": __version__,
             "task": name,
-            "model": config.model,
+            "model": public_model_name(config.model),
             "ready": state.ready,
             "family": cfg.family if cfg else None,
             "max_length": t.max_length if t is not None else None,
@@ -231,6 +271,8 @@ def create_app(config: ServeConfig, task: Any | None = None) -> FastAPI:
             "routes": {"score": "/score", "pipeline": pipeline_route},
             "limits": {k: getattr(config, k) for k in ("max_body_bytes", "max_inputs", "max_text_chars", "max_queue",
                                                        "timeout_s")},
+            "budget": {k: getattr(config, k) for k in ("max_request_tokens", "max_response_items", "max_response_bytes")},
+            "connections": {k: getattr(config, k) for k in ("header_timeout_s", "keep_alive_s", "max_connections")},
             "batching": {"max_batch_tokens": state.batcher.max_batch_tokens if state.batcher else config.max_batch_tokens,
                          "max_batch_size": config.max_batch_size, "max_wait_ms": config.max_wait_ms},
             "uptime_s": round(time.time() - state.started, 3),
@@ -242,30 +284,41 @@ def create_app(config: ServeConfig, task: Any | None = None) -> FastAPI:
         return Response(state.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
     # ------------------------------------------------------------------ scoring
-    valid_params: set[str] = set()
+    params_cache: dict[str, Any] = {}  # validated Params objects: most requests repeat a few parameter sets
 
-    async def score(request: Request, pipeline_only: bool) -> Response:
-        _authorize(request, config.api_key)
-        t, batcher = state.require_ready()
-        body = await _read_json(request, config.max_body_bytes, config.timeout_s)
-        try:
-            inputs, params, shape = parse_request(name, body, pipeline_only=pipeline_only)
-        except InputError as e:
-            raise ApiError(422, "invalid_request", str(e), e.field) from None
-        _check_limits(inputs, config)
+    def task_params(t: Any, params: dict) -> Any:
         key = json.dumps(params, sort_keys=True, default=str)
-        if key not in valid_params:  # validation costs ~0.2 ms; most requests repeat a few parameter sets
+        if key not in params_cache:
             try:
-                t.params(**params)
+                p = t.params(**params)
             except InputError as e:
                 raise ApiError(422, "invalid_parameter", str(e), _param_field(e.field)) from None
-            if len(valid_params) >= 1024:
-                valid_params.clear()
-            valid_params.add(key)
+            if len(params_cache) >= 1024:
+                params_cache.clear()
+            params_cache[key] = p
+        return params_cache[key]
+
+    async def score(request: Request, pipeline_only: bool) -> Response:
+        authorize(request, config.api_key)
+        require_json(request)
+        t, batcher = state.require_ready()
+        try:  # QueueGate admitted this request before its body was read; the slot is given back below
+            body = await read_json(request, config.max_body_bytes, config.timeout_s)
+            state.metrics.parsed.inc()
+            try:
+                inputs, params, shape = parse_request(name, body, pipeline_only=pipeline_only)
+            except InputError as e:
+                raise ApiError(422, "invalid_request", str(e), e.field) from None
+            check_limits(inputs, config.max_inputs, config.max_text_chars)
+            cost = t.cost(inputs, task_params(t, params))
+            check_budget(cost, config.max_request_tokens, config.max_response_items, config.max_response_bytes)
+        finally:
+            release(state, request.scope)
         state.metrics.in_flight.inc()
         try:
-            results = await batcher.submit(inputs, params, timeout=config.timeout_s,
-                                           is_disconnected=request.is_disconnected)
+            rendered = await batcher.submit(
+                inputs, params, timeout=config.timeout_s, is_disconnected=request.is_disconnected,
+                costs=list(cost.per_input), finish=lambda results: render_json(format_response(name, results, shape, params)))
         except QueueFull:
             raise ApiError(503, "queue_full", "too many requests are waiting; retry shortly",
                            headers={"Retry-After": "1"}) from None
@@ -279,177 +332,36 @@ def create_app(config: ServeConfig, task: Any | None = None) -> FastAPI:
             raise ApiError(422, "invalid_input", str(e), e.field) from None
         finally:
             state.metrics.in_flight.dec()
-        return JSONResponse(format_response(name, results, shape, params))
+        return Response(rendered, media_type="application/json")
 
     responses: dict[int | str, dict[str, Any]] = {
         400: {"model": ErrorBody, "description": "Malformed JSON"},
         401: {"model": ErrorBody, "description": "Missing or wrong API key (when the server has one)"},
         408: {"model": ErrorBody, "description": "The body did not arrive within --timeout-s"},
         413: {"model": ErrorBody, "description": "Body over --max-body-bytes"},
-        422: {"model": ErrorBody, "description": "Wrong shape or type, unknown parameter, too many inputs, "
-                                                 "text too long, missing mask token ... (`field` names it)"},
+        415: {"model": ErrorBody, "description": "The body is not sent as application/json"},
+        422: {"model": ErrorBody, "description": "Wrong shape or type, unknown parameter, too many inputs, text too "
+                                                 "long, over the compute budget, missing mask token ... (`field` names it)"},
         503: {"model": ErrorBody, "description": "Queue full, loading or shutting down",
               "headers": {"Retry-After": {"description": "Seconds to wait", "schema": {"type": "integer"}}}},
         504: {"model": ErrorBody, "description": "No answer within --timeout-s"},
     }
 
     @app.post("/score", response_model=RESPONSE_TYPES[name], responses=responses, tags=["scoring"],
-              summary=f"Score ({name}): model-catalog or pipeline JSON",
-              description=_SCORE_DOC[name])
+              summary=f"Score ({name}): model-catalog or pipeline JSON", description=SCORE_DOC[name])
     async def score_route(request: Request):
         return await score(request, pipeline_only=False)
 
     @app.post(pipeline_route, response_model=RESPONSE_TYPES[name], responses=responses, tags=["scoring"],
               summary=f"{name} in the Hugging Face pipeline shapes",
-              description="The body and the answer of the transformers pipeline: "
-                          "`pipeline(inputs, **parameters)`.")
+              description="The body and the answer of the transformers pipeline: `pipeline(inputs, **parameters)`.")
     async def pipeline_route_fn(request: Request):
         return await score(request, pipeline_only=True)
 
-    # ------------------------------------------------------------------ OpenAPI: bodies from the shared schemas
-    def openapi() -> dict[str, Any]:
-        if app.openapi_schema:
-            return app.openapi_schema
-        spec = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
-        components = spec.setdefault("components", {}).setdefault("schemas", {})
-        mask = state.task.tokenizer.mask_token if state.task is not None else "[MASK]"
-        examples = example_requests(name, mask or "[MASK]")
-        for path, pipeline_only in (("/score", False), (pipeline_route, True)):
-            schema = TypeAdapter(request_schema(name, pipeline_only)).json_schema(
-                ref_template="#/components/schemas/{model}")
-            components.update(schema.pop("$defs", {}))
-            _tailor(components, state.task)
-            chosen = {k: v for k, v in examples.items() if k == "pipeline" or not pipeline_only}
-            spec["paths"][path]["post"]["requestBody"] = {
-                "required": True,
-                "content": {"application/json": {
-                    "schema": schema,
-                    "examples": {k: {"summary": f"{k} shape", "value": v} for k, v in chosen.items()},
-                }},
-            }
-            if config.api_key is not None:
-                spec["paths"][path]["post"]["security"] = [{"bearer": []}]
-        if config.api_key is not None:
-            components_root = spec["components"]
-            components_root["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
-        app.openapi_schema = spec
-        return spec
-
-    app.openapi = openapi  # type: ignore[method-assign]
+    install_openapi(app, name, ["/score", pipeline_route], state, config.api_key is not None)
+    install_docs(app)
     return app
-
-
-# ---------------------------------------------------------------------------------------- helpers
-def _authorize(request: Request, api_key: str | None) -> None:
-    if api_key is None:
-        return
-    header = request.headers.get("authorization", "")
-    scheme, _, token = header.partition(" ")
-    # compare_digest: the time taken does not tell how much of the key matched.
-    if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), api_key.encode()):
-        raise ApiError(401, "unauthorized", "missing or wrong API key (Authorization: Bearer <key>)",
-                       "Authorization", headers={"WWW-Authenticate": "Bearer"})
-
-
-def _tailor(components: dict[str, Any], task: Any) -> None:
-    """Bounds only the loaded model knows: window lengths up to its maximum."""
-    params = components.get("QuestionAnsweringParameters")
-    if task is None or params is None:
-        return
-    for name in ("max_seq_len", "doc_stride"):
-        for option in params["properties"][name].get("anyOf", []):
-            if option.get("type") == "integer":
-                option["maximum"] = min(option.get("maximum", task.max_length), task.max_length)
-
-
-def _reject_constant(name: str):
-    raise ValueError(f"{name} is not valid JSON")
-
-
-async def _read_json(request: Request, limit: int, timeout_s: float) -> Any:
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise ApiError(413, "payload_too_large", f"the body is {declared} bytes, over the limit of {limit}", "body")
-    body = bytearray()
-    try:
-        async with asyncio.timeout(timeout_s):  # a client trickling its body in holds no slot forever
-            async for chunk in request.stream():
-                body += chunk
-                if len(body) > limit:
-                    raise ApiError(413, "payload_too_large", f"the body is over the limit of {limit} bytes", "body")
-    except TimeoutError:
-        raise ApiError(408, "request_timeout", f"the body did not arrive within {timeout_s:g} s", "body") from None
-    except ClientDisconnect:
-        raise ApiError(CLIENT_CLOSED, "client_closed", "the client left while sending its body") from None
-    if not body.strip():
-        raise ApiError(400, "invalid_json", "the request body is empty; send a JSON object", "body")
-    try:
-        return json.loads(bytes(body), parse_constant=_reject_constant)
-    except (ValueError, RecursionError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
-        raise ApiError(400, "invalid_json", f"the body is not valid JSON: {e}", "body") from None
-
-
-def _check_limits(inputs: list, config: ServeConfig) -> None:
-    if len(inputs) > config.max_inputs:
-        raise ApiError(422, "too_many_inputs", f"{len(inputs)} inputs, over the limit of {config.max_inputs} per request",
-                       "inputs")
-    for i, x in enumerate(inputs):
-        texts = x.items() if isinstance(x, dict) else [("", x)]
-        for key, text in texts:
-            if isinstance(text, str) and len(text) > config.max_text_chars:
-                where = f"inputs[{i}]" + (f".{key}" if key else "")
-                raise ApiError(422, "text_too_long",
-                               f"{where} is {len(text)} characters, over the limit of {config.max_text_chars}", where)
 
 
 def _param_field(field: str | None) -> str | None:
     return f"parameters.{field}" if field and not field.startswith("parameters") else field
-
-
-class _MetricsMiddleware:
-    """Counts requests by route and status and times them (plain ASGI: no body buffering)."""
-
-    def __init__(self, app, metrics: ServeMetrics, routes: set[str]):
-        self.app, self.metrics, self.routes = app, metrics, routes
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        start = time.perf_counter()
-        status = [500]
-
-        async def send_status(message):
-            if message["type"] == "http.response.start":
-                status[0] = message["status"]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_status)
-        finally:
-            route = scope["path"] if scope["path"] in self.routes else "other"
-            self.metrics.requests.inc(route=route, method=scope["method"], status=str(status[0]))
-            self.metrics.latency.observe(time.perf_counter() - start, route=route)
-
-
-_DESCRIPTION = """distilkit serving **{task}**.
-
-- `POST /score`: the model-catalog request shapes (`{{"input_data": ...}}`, `{{"inputs": {{"input_string": [...]}}}}`)
-  and the Hugging Face pipeline JSON; answers in the shape asked.
-- `POST {route}`: the Hugging Face pipeline shapes only.
-- `GET /health`, `GET /ready`, `GET /info`, `GET /metrics` (Prometheus), `GET /` (try-it page).
-
-Errors are `{{"error": ..., "error_type": ..., "field": ...}}`.
-"""
-
-_SCORE_DOC = {
-    "fill-mask": 'Catalog: `{"inputs": {"input_string": ["Paris is the [MASK] of France."]}, "parameters": {"top_k": 2}}` '
-                 '(or `"input_data"`) -> one list of `{score, token, token_str, sequence}` per input (a list of such '
-                 'lists for an input with several masks).',
-    "question-answering": 'Catalog: `{"input_data": {"question": "What\'s my name?", "context": "My name is John"}}` -> '
-                          '`["John"]`; lists of questions and contexts -> one answer per pair (a list of answers per '
-                          'pair with top_k > 1). `"parameters": {"return_full": true}` answers with '
-                          '`{score, start, end, answer}` objects instead.',
-    "text-classification": 'Catalog: `{"input_data": ["I love it", {"text": "a", "text_pair": "b"}]}` -> one '
-                           '`{label, score}` per input (a sorted list per input when `top_k` is given).',
-    "token-classification": 'Catalog: `{"input_data": ["My name is Wolfgang"]}` -> one list of entities per input.',
-}

@@ -3,9 +3,12 @@
 Requests wait in one queue. A collector coroutine takes the oldest request and every queued
 request with the same parameters, until a token budget or a batch size is reached or the oldest
 has waited `max_wait_s`; requests whose client has gone or whose deadline has passed are dropped
-there, before they cost compute. One worker thread runs the merged inputs through `run` (the
-event loop never runs the model), and each request gets its slice of the results back.
-A request with bad input fails alone: the batch is retried without it.
+there, before they cost compute. One model thread runs the merged inputs through `run` (the
+event loop never runs the model) in pieces of at most `max_batch_tokens`: before each piece it
+drops the inputs of requests that timed out or left, and stops when the server aborts, so one
+long request cannot make the ones behind it time out. Each request's results are turned into
+its response body (`finish`) on the model thread too, so the event loop never renders a large
+answer. A request with bad input fails alone: its piece is retried without it.
 """
 
 from __future__ import annotations
@@ -15,17 +18,21 @@ import collections
 import json
 import logging
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable
 
 from ..errors import InputError
 from .metrics import ServeMetrics
+from .model_thread import ModelThread
 
 log = logging.getLogger("distilkit.serve")
 
 RunFn = Callable[[list, dict], list]  # (inputs, params) -> one result per input, in order
 CheckFn = Callable[[list, dict], None]  # raises InputError for inputs `RunFn` would refuse
+FinishFn = Callable[[list], Any]  # one request's results -> what `submit` returns (its response body)
+# How often the collector asks whether the clients of a running batch are still there.
+_WATCH_S = 0.05
+_NOT_RUN = object()  # the result slot of an input its piece skipped
 
 
 class QueueFull(Exception):
@@ -45,10 +52,20 @@ class _Request:
     inputs: list
     params: dict
     key: str  # requests merge only with requests of the same parameters
-    cost: int  # estimated tokens
+    costs: list[int]  # estimated tokens per input
     future: asyncio.Future
     enqueued: float
+    deadline: float | None = None  # time.monotonic() past which nobody waits for the answer
     is_disconnected: Callable[[], Awaitable[bool]] | None = None
+    finish: FinishFn | None = None
+    abandoned: bool = False  # timed out, cancelled or disconnected: read by the model thread
+
+    @property
+    def cost(self) -> int:
+        return sum(self.costs)
+
+    def wanted(self) -> bool:
+        return not self.abandoned and (self.deadline is None or time.monotonic() < self.deadline)
 
 
 @dataclass
@@ -72,10 +89,10 @@ def estimate_tokens(inputs: list) -> int:
 class MicroBatcher:
     def __init__(self, run: RunFn, *, max_batch_tokens: int = 8192, max_batch_size: int = 64,
                  max_wait_s: float = 0.005, max_queue: int = 256, check: CheckFn | None = None,
-                 cost: Callable[[list], int] = estimate_tokens, metrics: ServeMetrics | None = None):
+                 metrics: ServeMetrics | None = None):
         if max_batch_tokens < 1 or max_batch_size < 1 or max_queue < 1 or max_wait_s < 0:
             raise ValueError("max_batch_tokens, max_batch_size and max_queue must be >= 1, max_wait_s >= 0")
-        self.run, self.check, self.cost = run, check, cost
+        self.run, self.check = run, check
         self.max_batch_tokens, self.max_batch_size = max_batch_tokens, max_batch_size
         self.max_wait_s, self.max_queue = max_wait_s, max_queue
         self.metrics = metrics or ServeMetrics()
@@ -83,8 +100,9 @@ class MicroBatcher:
         self._pending: collections.deque[_Request] = collections.deque()
         self._wake: asyncio.Event | None = None
         self._collector: asyncio.Task | None = None
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="distilkit-model")
+        self._thread = ModelThread()
         self._closed = False
+        self._aborted = False  # read by the model thread between pieces
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
@@ -93,10 +111,20 @@ class MicroBatcher:
 
     async def call(self, fn: Callable[..., Any], *args: Any) -> Any:
         """Run `fn` on the model thread (warm-up), outside the queue."""
-        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+        return await self._thread.call(fn, *args)
+
+    def abort(self) -> None:
+        """The grace period is over: take no more requests, fail the queued ones with
+        ShuttingDown, and let the running batch stop at its next piece (its requests fail too)."""
+        self._closed = self._aborted = True
+        while self._pending:
+            r = self._pending.popleft()
+            if not r.future.done():
+                r.future.set_exception(ShuttingDown())
+        self.metrics.queue_depth.set(0)
 
     async def close(self) -> None:
-        """Stop taking requests; fail those still queued. In-flight batches are not interrupted."""
+        """Stop taking requests and fail those still queued; a running piece is not interrupted."""
         self._closed = True
         if self._collector is not None:
             self._collector.cancel()
@@ -104,12 +132,12 @@ class MicroBatcher:
                 await self._collector
             except asyncio.CancelledError:
                 pass
-        while self._pending:
-            r = self._pending.popleft()
-            if not r.future.done():
-                r.future.set_exception(ShuttingDown())
-        self.metrics.queue_depth.set(0)
-        self._executor.shutdown(wait=False, cancel_futures=True)
+        self.abort()
+        self._thread.stop()
+
+    def join(self, timeout: float) -> bool:
+        """Wait up to `timeout` s for the model thread to end; True when it has."""
+        return self._thread.join(timeout)
 
     @property
     def depth(self) -> int:
@@ -117,11 +145,14 @@ class MicroBatcher:
 
     # ------------------------------------------------------------------ requests
     async def submit(self, inputs: list, params: dict, *, timeout: float | None = None,
-                     is_disconnected: Callable[[], Awaitable[bool]] | None = None) -> list:
-        """Queue one request and wait for its results (one per input).
+                     is_disconnected: Callable[[], Awaitable[bool]] | None = None,
+                     costs: list[int] | None = None, finish: FinishFn | None = None) -> Any:
+        """Queue one request and wait for its results (one per input), or for `finish(results)`,
+        which runs on the model thread. `costs`: estimated tokens per input (default: from the
+        characters).
 
-        Raises QueueFull, ShuttingDown, ClientGone, TimeoutError (the request is then dropped if it
-        has not reached the model), InputError, or whatever `run` raised for this request.
+        Raises QueueFull, ShuttingDown, ClientGone, TimeoutError (the request's remaining work is
+        then skipped), InputError, or whatever `run` raised for this request.
         """
         if self._closed or self._wake is None:
             raise ShuttingDown()
@@ -129,15 +160,18 @@ class MicroBatcher:
             self.metrics.dropped.inc(reason="queue_full")
             raise QueueFull()
         loop = asyncio.get_running_loop()
-        request = _Request(list(inputs), dict(params), json.dumps(params, sort_keys=True, default=str),
-                           self.cost(inputs), loop.create_future(), loop.time(), is_disconnected)
+        costs = list(costs) if costs is not None else [estimate_tokens([x]) for x in inputs]
+        request = _Request(list(inputs), dict(params), json.dumps(params, sort_keys=True, default=str), costs,
+                           loop.create_future(), loop.time(),
+                           time.monotonic() + timeout if timeout is not None else None, is_disconnected, finish)
         self._pending.append(request)
         self.metrics.queue_depth.set(len(self._pending))
         self._wake.set()
         try:
             return await asyncio.wait_for(asyncio.shield(request.future), timeout)
         except (TimeoutError, asyncio.CancelledError) as e:
-            # Left the queue (or its result is no longer wanted): the collector skips done futures.
+            # Nobody waits for it any more: the collector and the model thread skip it.
+            request.abandoned = True
             request.future.cancel()
             if request in self._pending:
                 self._pending.remove(request)
@@ -173,16 +207,31 @@ class MicroBatcher:
             self.stats.requests += len(batch)
             self.stats.sizes[len(batch)] += 1
             start = time.perf_counter()
-            outcomes = await loop.run_in_executor(self._executor, self._execute, batch[0].params, batch)
+            running = asyncio.wrap_future(self._thread.submit(self._execute, batch[0].params, batch))
+            outcomes = await self._watch(running, batch)
             self.metrics.batch_seconds.observe(time.perf_counter() - start)
             for r, (ok, value) in zip(batch, outcomes):
-                if r.future.done():  # timed out while running: nobody is waiting
+                if r.future.done():  # timed out or left while running: nobody is waiting
                     continue
                 if ok:
                     self.metrics.inputs.inc(len(r.inputs))
                     r.future.set_result(value)
                 else:
                     r.future.set_exception(value)
+
+    async def _watch(self, running: asyncio.Future, batch: list[_Request]) -> list[tuple[bool, Any]]:
+        """Wait for a running batch, marking the requests whose client leaves meanwhile, so that
+        the model thread skips their remaining pieces."""
+        while True:
+            done, _ = await asyncio.wait({running}, timeout=_WATCH_S)
+            if done:
+                return running.result()
+            for r in batch:
+                if not r.abandoned and r.is_disconnected is not None and await r.is_disconnected():
+                    r.abandoned = True
+                    self.metrics.dropped.inc(reason="disconnected")
+                    if not r.future.done():
+                        r.future.set_exception(ClientGone())
 
     def _full(self, key: str) -> bool:
         tokens = size = 0
@@ -218,7 +267,7 @@ class MicroBatcher:
     async def _live(self, batch: list[_Request]) -> list[_Request]:
         live = []
         for r in batch:
-            if r.future.done():
+            if r.future.done() or not r.wanted():
                 continue
             if r.is_disconnected is not None and await r.is_disconnected():
                 self.metrics.dropped.inc(reason="disconnected")
@@ -229,49 +278,88 @@ class MicroBatcher:
 
     # ------------------------------------------------------------------ the model thread
     def _execute(self, params: dict, batch: list[_Request]) -> list[tuple[bool, Any]]:
-        """(ok, results or exception) per request. Runs on the model thread."""
+        """(ok, response or exception) per request, computed piece by piece. Runs on the model thread."""
+        results: list[list] = [[_NOT_RUN] * len(r.inputs) for r in batch]
+        failed: dict[int, BaseException] = {}
+        for piece in self._pieces(batch):
+            if self._aborted:
+                break
+            live = [(ri, xi) for ri, xi in piece if ri not in failed and batch[ri].wanted()]
+            self.metrics.skipped_inputs.inc(len(piece) - len(live))
+            if live:
+                self._run_piece(params, batch, live, results, failed)
+        outcomes: list[tuple[bool, Any]] = []
+        for ri, r in enumerate(batch):
+            if ri in failed:
+                outcomes.append((False, failed[ri]))
+            elif any(x is _NOT_RUN for x in results[ri]):  # skipped: aborted, timed out or gone
+                outcomes.append((False, ShuttingDown() if self._aborted else TimeoutError()))
+            else:
+                try:
+                    outcomes.append((True, r.finish(results[ri]) if r.finish is not None else results[ri]))
+                except Exception as e:  # noqa: BLE001 - reported to that request alone
+                    log.exception("rendering the response failed")
+                    outcomes.append((False, e))
+        return outcomes
+
+    def _pieces(self, batch: list[_Request]):
+        """(request, input) positions in order, cut into runs of at most max_batch_tokens
+        (a single input over it is a piece alone)."""
+        piece: list[tuple[int, int]] = []
+        tokens = 0
+        for ri, r in enumerate(batch):
+            for xi, cost in enumerate(r.costs):
+                if piece and tokens + cost > self.max_batch_tokens:
+                    yield piece
+                    piece, tokens = [], 0
+                piece.append((ri, xi))
+                tokens += cost
+        if piece:
+            yield piece
+
+    def _run_piece(self, params: dict, batch: list[_Request], live: list[tuple[int, int]], results: list[list],
+                   failed: dict[int, BaseException]) -> None:
         try:
-            return self._run_merged(params, batch)
+            self._run_into(params, batch, live, results)
+            return
         except Exception as e:  # noqa: BLE001 - isolate below, every error is still reported
-            if len(batch) == 1:
+            owners = list(dict.fromkeys(ri for ri, _ in live))
+            if len(owners) == 1:
                 if not isinstance(e, InputError):
                     log.exception("scoring failed")
-                return [(False, e)]
+                failed[owners[0]] = e
+                return
         # One request spoiled the merged call: find the culprits cheaply, run the rest together,
         # and only if that fails too run each request alone.
-        outcomes: list[tuple[bool, Any] | None] = [None] * len(batch)
         rest = []
-        for i, r in enumerate(batch):
+        for ri in owners:
+            mine = [batch[ri].inputs[xi] for r2, xi in live if r2 == ri]
             if self.check is not None:
                 try:
-                    self.check(r.inputs, params)
+                    self.check(mine, params)
                 except InputError as e:
-                    outcomes[i] = (False, e)
+                    failed[ri] = e
                     continue
-            rest.append(i)
-        if 0 < len(rest) < len(batch):
+            rest.append(ri)
+        if 0 < len(rest) < len(owners):
             try:
-                for i, o in zip(rest, self._run_merged(params, [batch[i] for i in rest])):
-                    outcomes[i] = o
-                return outcomes  # type: ignore[return-value]
+                self._run_into(params, batch, [(ri, xi) for ri, xi in live if ri in rest], results)
+                return
             except Exception:  # noqa: BLE001 - fall through to one call per request
                 pass
-        for i in rest:
+        for ri in rest:
             try:
-                outcomes[i] = self._run_merged(params, [batch[i]])[0]
+                self._run_into(params, batch, [(r2, xi) for r2, xi in live if r2 == ri], results)
             except Exception as e:  # noqa: BLE001 - reported to that request alone
                 if not isinstance(e, InputError):
                     log.exception("scoring failed")
-                outcomes[i] = (False, e)
-        return outcomes  # type: ignore[return-value]
+                failed[ri] = e
 
-    def _run_merged(self, params: dict, batch: list[_Request]) -> list[tuple[bool, Any]]:
-        merged = [x for r in batch for x in r.inputs]
-        results = self.run(merged, params)
-        if len(results) != len(merged):
-            raise RuntimeError(f"run returned {len(results)} results for {len(merged)} inputs")
-        out, at = [], 0
-        for r in batch:
-            out.append((True, results[at: at + len(r.inputs)]))
-            at += len(r.inputs)
-        return out
+    def _run_into(self, params: dict, batch: list[_Request], positions: list[tuple[int, int]],
+                  results: list[list]) -> None:
+        merged = [batch[ri].inputs[xi] for ri, xi in positions]
+        out = self.run(merged, params)
+        if len(out) != len(merged):
+            raise RuntimeError(f"run returned {len(out)} results for {len(merged)} inputs")
+        for (ri, xi), value in zip(positions, out):
+            results[ri][xi] = value

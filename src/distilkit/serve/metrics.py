@@ -134,12 +134,17 @@ class ServeMetrics:
         self.dropped = Counter("distilkit_dropped_requests_total",
                                "Requests dropped before the model ran them, by reason.", ("reason",))
         self.inputs = Counter("distilkit_inputs_total", "Inputs scored.")
+        self.skipped_inputs = Counter(
+            "distilkit_skipped_inputs_total",
+            "Inputs of a running batch not run: their request had timed out or left, or the server was stopping.")
+        self.parsed = Counter("distilkit_bodies_parsed_total", "Scoring request bodies read and parsed.")
         self.ready = Gauge("distilkit_ready", "1 when the model is loaded and warmed.")
         self._all = [self.requests, self.latency, self.batch_requests, self.batch_inputs, self.batch_seconds,
-                     self.queue_depth, self.in_flight, self.dropped, self.inputs, self.ready]
+                     self.queue_depth, self.in_flight, self.dropped, self.inputs, self.skipped_inputs, self.parsed, self.ready]
         for gauge in (self.queue_depth, self.in_flight, self.ready):
             gauge.set(0)
-        self.inputs.inc(0)
+        for counter in (self.inputs, self.skipped_inputs, self.parsed):
+            counter.inc(0)
 
     def render(self) -> str:
         return "\n".join(line for m in self._all for line in m.render()) + "\n"

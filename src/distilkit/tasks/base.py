@@ -17,6 +17,7 @@ import numpy as np
 from ..batching import DEFAULT_MAX_BATCH, DEFAULT_MAX_TOKENS, Feature, collate, default_max_tokens, plan
 from ..errors import InputError
 from ..tokenizer import Tokenizer
+from .cost import Cost, text_tokens
 
 if typing.TYPE_CHECKING:  # tasks import no torch: an exported ONNX model serves without it
     from ..runtime import Runtime
@@ -127,6 +128,15 @@ class Task:
     def positions(self, batch: dict[str, np.ndarray]) -> np.ndarray | None:
         """Flat (B * T) indices of the only positions to project (masked-LM); None for all."""
         return None
+
+    def cost(self, inputs: list[Any], p) -> Cost:
+        """What `run(inputs)` with options `p` (a Params object) will cost, estimated without
+        tokenizing (tasks/cost.py): the server's per-request budget. This default suits one
+        sequence per input and one small result each; a task whose windows or answers grow with
+        its options overrides it."""
+        per_input = tuple(min(sum(map(text_tokens, x.values())) if isinstance(x, dict) else text_tokens(x), self.max_length)
+                          + 3 for x in inputs)
+        return Cost(per_input, len(inputs), 200 * len(inputs))
 
     # ------------------------------------------------------------------ shared helpers
     @staticmethod

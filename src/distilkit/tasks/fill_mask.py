@@ -14,6 +14,7 @@ import numpy as np
 from ..batching import Feature
 from ..errors import InputError
 from .base import Task
+from .cost import Cost, text_tokens
 
 
 @dataclass
@@ -59,6 +60,19 @@ class FillMask(Task):
 
     def positions(self, batch):
         return np.flatnonzero(batch["input_ids"] == self.tokenizer.mask_token_id)
+
+    def cost(self, inputs, p):
+        # Every mask gets top_k rows, and each row re-decodes the whole sequence: masks x top_k
+        # is what grows the answer and the decoding time.
+        mask = self.tokenizer.mask_token
+        k = p.top_k if p.targets is None else min(p.top_k, len(p.targets))
+        per_input, items, size = [], 0, 0
+        for x in inputs:
+            masks = x.count(mask) * k if isinstance(x, str) and mask else 0
+            per_input.append(min(text_tokens(x), self.max_length) + 2)
+            items += masks
+            size += masks * (90 + 2 * len(x) if isinstance(x, str) else 90)
+        return Cost(tuple(per_input), items, size, "parameters.top_k" if k > 1 else "inputs")
 
     def target_ids(self, targets: list) -> np.ndarray | None:
         if targets is None:

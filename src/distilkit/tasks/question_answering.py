@@ -17,6 +17,7 @@ from ..batching import Feature
 from ..errors import InputError
 from ..tokenizer import windows
 from .base import Task
+from .cost import Cost, n_windows, text_tokens
 
 
 @dataclass
@@ -153,6 +154,21 @@ class QuestionAnswering(Task):
                 features.append(Window(ids, types, context=ctx_objs[j], a=a, b=b, ctx_pos=len(head), allowed=allowed))
                 owners.append(i)
         return features, owners
+
+    def cost(self, inputs, p):
+        # A long context runs as several windows, each with the question again.
+        max_seq_len = min(p.max_seq_len or min(self.max_length, 384), self.max_length)
+        stride = p.doc_stride if p.doc_stride is not None else min(max_seq_len // 2, 128)
+        per_input = []
+        for ex in inputs:
+            ex = ex if isinstance(ex, dict) else {}
+            q = min(text_tokens(ex.get("question")), p.max_question_len)
+            c = text_tokens(ex.get("context"))
+            room = max(max_seq_len - q - 3, 2)
+            per_input.append(n_windows(c, room, min(stride, room - 1)) * min(max_seq_len, q + c + 3))
+        items = len(inputs) * (p.top_k + p.handle_impossible_answer)
+        return Cost(tuple(per_input), items, items * (80 + 8 * p.max_answer_len),
+                    "parameters.top_k" if p.top_k > 1 else "inputs")
 
     # ------------------------------------------------------------------ outputs
     def decode(self, inputs, features, owners, outputs, p):

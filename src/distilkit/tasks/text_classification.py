@@ -11,6 +11,7 @@ import numpy as np
 from ..batching import Feature
 from ..errors import InputError
 from .base import Task
+from .cost import Cost
 
 _UNSET: Any = ""  # the reference's sentinel: top_k=None means "all labels", absent means legacy shape
 
@@ -80,6 +81,14 @@ class TextClassification(Task):
             self.check_length(len(ids), f"inputs[{i}]", " (pass truncation=true to cut it)")
             features.append(Feature(ids, types if self.model.cfg.type_vocab_size else None))
         return features, list(range(len(features)))
+
+    def cost(self, inputs, p):
+        labels = self.model.cfg.num_labels
+        per = 1 if p.legacy and p.top_k == 1 else min(p.top_k or labels, labels)
+        longest = max((len(v) for v in (self.model.cfg.id2label or {}).values()), default=8)
+        base = super().cost(inputs, p)
+        return Cost(base.per_input, len(inputs) * per, len(inputs) * per * (40 + longest),
+                    "parameters.top_k" if per > 1 else "inputs")
 
     def decode(self, inputs, features, owners, outputs, p):
         cfg = self.model.cfg

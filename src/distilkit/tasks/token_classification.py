@@ -12,6 +12,7 @@ import numpy as np
 from ..batching import Feature
 from ..errors import InputError
 from .base import Task
+from .cost import Cost, n_windows, text_tokens
 from .token_classification_decode import AGGREGATION_STRATEGIES, TokenWindow, decode_entities
 from ..tokenizer import windows
 
@@ -72,6 +73,21 @@ class TokenClassification(Task):
                 features.append(Piece(row, np.zeros_like(row) if with_types else None, offs, special, a))
                 owners.append(i)
         return features, owners
+
+    def cost(self, inputs, p):
+        # Long texts run as windows; every token may come back as an entity (an upper bound:
+        # ignore_labels usually drops most of them).
+        special = len(self.tokenizer.single_prefix) + len(self.tokenizer.single_suffix)
+        room = max(self.max_length - special, 2)
+        stride = 0 if p.aggregation_strategy == "none" else (p.stride if p.stride is not None else room // 4)
+        per_input, items, size = [], 0, 0
+        for x in inputs:
+            t = text_tokens(x)
+            w = n_windows(t, room, min(stride, room - 1))
+            per_input.append(t + (w - 1) * min(stride, room - 1) + w * special)
+            items += t
+            size += 100 * t + (len(x) if isinstance(x, str) else 0)
+        return Cost(tuple(per_input), items, size)
 
     def decode(self, inputs, features, owners, outputs, p):
         cfg = self.model.cfg
