@@ -20,14 +20,23 @@ TASKS = {
     "question-answering": ("question_answering", "QuestionAnswering"),
     "text-classification": ("text_classification", "TextClassification"),
     "token-classification": ("token_classification", "TokenClassification"),
+    "feature-extraction": ("feature_extraction", "FeatureExtraction"),
+    "sentence-embedding": ("sentence_embedding", "SentenceEmbedding"),
+    "zero-shot-classification": ("zero_shot", "ZeroShotClassification"),
+    "text-ranking": ("text_ranking", "TextRanking"),
 }
-ALIASES = {"ner": "token-classification", "sentiment-analysis": "text-classification", "qa": "question-answering"}
+ALIASES = {"ner": "token-classification", "sentiment-analysis": "text-classification", "qa": "question-answering",
+           "text-embedding": "sentence-embedding"}
 # The seed checkpoints: what a user gets without --model (from the local HF cache, or the hub when online).
 DEFAULT_MODELS = {
     "question-answering": "distilbert/distilbert-base-cased-distilled-squad",
     "fill-mask": "distilbert/distilbert-base-uncased",
     "text-classification": "distilbert/distilbert-base-uncased-finetuned-sst-2-english",
     "token-classification": "dslim/distilbert-NER",
+    "feature-extraction": "distilbert/distilbert-base-cased",  # transformers 5's text-embedding default
+    "sentence-embedding": "sentence-transformers/all-MiniLM-L6-v2",
+    "zero-shot-classification": "typeform/distilbert-base-uncased-mnli",
+    "text-ranking": "cross-encoder/ms-marco-MiniLM-L6-v2",
 }
 
 
@@ -70,6 +79,12 @@ def pipeline(
         runtime = load_runtime(path, cls.head, device=device, mode=mode, threads=threads, max_tokens=max_tokens)
     if isinstance(tokenizer, (str, Path)):
         tokenizer = Tokenizer.from_pretrained(resolve(tokenizer))
+    if isinstance(model, (str, os.PathLike)) and hasattr(cls, "folder_options"):
+        # Options the model folder carries (a sentence-transformers pooling config); the caller's win.
+        try:
+            options = {**cls.folder_options(path, runtime.cfg.dim), **options}
+        except ValueError as e:
+            raise InputError(str(e), "model") from None
     return cls(runtime, tokenizer, max_tokens=max_tokens, max_batch=max_batch, **options)
 
 
