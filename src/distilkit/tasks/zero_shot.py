@@ -26,8 +26,8 @@ class ZeroShotParams:
 
     def __post_init__(self):
         raw = self.candidate_labels
-        if raw is None:
-            raise InputError("candidate_labels is required: the labels to choose from", "candidate_labels")
+        if raw is None:  # may be given per call; featurize insists
+            return
         items = [x.strip() for x in raw.split(",")] if isinstance(raw, str) else list(raw)
         for i, label in enumerate(items):
             if not isinstance(label, str) or not label.strip():
@@ -63,6 +63,8 @@ class ZeroShotClassification(Task):
         return results[0] if single else results
 
     def featurize(self, inputs, p):
+        if p.candidate_labels is None:
+            raise InputError("candidate_labels is required: the labels to choose from", "candidate_labels")
         hypotheses = [p.hypothesis_template.format(label) for label in p.labels]
         pairs, fields, owners = [], [], []
         for i, x in enumerate(inputs):
