@@ -10,28 +10,15 @@ from distilkit import pipeline
 from distilkit.errors import InputError
 from distilkit.tasks.text_ranking import rank
 
-from conftest import make_checkpoint
-
 QUERY = "Where does John live?"
 DOCS = ["My name is John and I live in Seattle.", "Paris is the capital of France and its largest city.",
         "Today is a beautiful day!", "Alice is sitting on the bench. Bob is sitting next to her.",
         " ".join(["Hugging Face Inc. is a company based in New York City."] * 20)]  # past the limit: cut
 
 
-@pytest.fixture(scope="module")
-def cross_encoder(tmp_path_factory, wordpiece_dir, bpe_dir):
-    made = {}
-
-    def build(family="bert", labels=None):
-        labels = labels or {0: "LABEL_0"}
-        key = (family, tuple(labels.values()))
-        if key not in made:
-            made[key] = make_checkpoint(tmp_path_factory.mktemp(f"ce-{family}"), family, "sequence-classification",
-                                        bpe_dir if family == "roberta" else wordpiece_dir, seed=2, head_scale=30.0,
-                                        id2label=labels, label2id={v: k for k, v in labels.items()})
-        return made[key]
-
-    return build
+@pytest.fixture
+def cross_encoder(classifier):
+    return lambda family="bert", labels=None: classifier(family, labels or {0: "LABEL_0"}, seed=2, head_scale=30.0)
 
 
 @pytest.mark.parametrize("family", ["distilbert", "bert", "roberta"])

@@ -9,27 +9,15 @@ from distilkit import pipeline
 from distilkit.errors import InputError
 from distilkit.tasks.zero_shot import entailment_id, zero_shot_scores
 
-from conftest import make_checkpoint
-
 NLI = {0: "contradiction", 1: "neutral", 2: "entailment"}
 NLI_FIRST = {0: "ENTAILMENT", 1: "NEUTRAL", 2: "CONTRADICTION"}  # entailment first: contradiction is the last
 LABELS = ["travel", "cooking", "dancing", "politics"]
 SEQUENCES = ["I am going to Paris next week.", "Today is a beautiful day! The weather is glorious, isn't it?"]
 
 
-@pytest.fixture(scope="module")
-def nli(tmp_path_factory, wordpiece_dir, bpe_dir):
-    made = {}
-
-    def build(family="distilbert", labels=NLI):
-        key = (family, tuple(labels.values()))
-        if key not in made:
-            made[key] = make_checkpoint(tmp_path_factory.mktemp(f"nli-{family}"), family, "sequence-classification",
-                                        bpe_dir if family == "roberta" else wordpiece_dir, seed=1, head_scale=20.0,
-                                        id2label=labels, label2id={v: k for k, v in labels.items()})
-        return made[key]
-
-    return build
+@pytest.fixture
+def nli(classifier):
+    return lambda family="distilbert", labels=NLI: classifier(family, labels)
 
 
 @pytest.mark.parametrize("family,labels", [("distilbert", NLI), ("bert", NLI_FIRST), ("roberta", NLI)])
