@@ -1,6 +1,7 @@
-"""Shared fixtures: tiny random checkpoints written by transformers, with tokenizers trained here.
+"""Shared fixtures: tiny random checkpoints written by transformers, with tokenizers built here.
 
-Nothing is downloaded: tokenizers come from a small inline corpus (see wordpiece_dir), models are 2-layer,
+Nothing is downloaded: tokenizers come from a small inline corpus and are written with the `tokenizers`
+library alone (no transformers conversion code; see wordpiece_dir, bpe_dir), models are 2-layer,
 dim-32 random initialisations saved with `save_pretrained`, exactly as a user's checkpoint would be.
 """
 
@@ -60,28 +61,79 @@ def wordpiece_dir(tmp_path_factory) -> Path:
     d = tmp_path_factory.mktemp("wordpiece")
     (d / "vocab.txt").write_bytes((ROOT / "tests" / "data" / "wordpiece-vocab.txt").read_bytes())
     _wordpiece_json(d, lowercase=True)
+    vocab = json.loads((d / "tokenizer.json").read_text())["model"]["vocab"]
+    assert len(vocab) > 300 and "paris" in vocab, "degenerate tokenizer.json: every word would be [UNK]"
     return d
 
 
 def _wordpiece_json(d: Path, lowercase: bool) -> None:
-    from transformers import BertTokenizerFast
+    """tokenizer.json + tokenizer_config.json for d/vocab.txt, built with the `tokenizers` library
+    alone: the same pipeline transformers' BertTokenizerFast converter writes (BertNormalizer,
+    BertPreTokenizer, WordPiece with "##", [CLS] A [SEP] B [SEP] with type ids 0/1), so the fixture
+    does not depend on transformers' conversion code (5.x wrote a 5-token vocabulary here)."""
+    from tokenizers import AddedToken, decoders, models, normalizers, pre_tokenizers, processors
+    from tokenizers import Tokenizer as RustTokenizer
 
-    fast = BertTokenizerFast(vocab_file=str(d / "vocab.txt"), do_lower_case=lowercase)
-    fast.save_pretrained(str(d))
+    lines = (d / "vocab.txt").read_text(encoding="utf-8").splitlines()
+    vocab = {token: i for i, token in enumerate(lines)}
+    tok = RustTokenizer(models.WordPiece(vocab, unk_token="[UNK]", max_input_chars_per_word=100))
+    tok.normalizer = normalizers.BertNormalizer(clean_text=True, handle_chinese_chars=True, strip_accents=None,
+                                                lowercase=lowercase)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS]:0 $A:0 [SEP]:0", pair="[CLS]:0 $A:0 [SEP]:0 $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", vocab["[CLS]"]), ("[SEP]", vocab["[SEP]"])])
+    tok.decoder = decoders.WordPiece(prefix="##")
+    specials = {"pad_token": "[PAD]", "unk_token": "[UNK]", "cls_token": "[CLS]", "sep_token": "[SEP]",
+                "mask_token": "[MASK]"}
+    tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in specials.values()])
+    tok.save(str(d / "tokenizer.json"))
+    _tokenizer_config(d, {"tokenizer_class": "BertTokenizer", "do_lower_case": lowercase,
+                          "clean_up_tokenization_spaces": True, "tokenize_chinese_chars": True,
+                          "strip_accents": None}, specials)
+
+
+def _bpe_json(d: Path) -> None:
+    """tokenizer.json + tokenizer_config.json for d/vocab.json + d/merges.txt (byte-level BPE), as
+    transformers' RobertaTokenizerFast converter writes them, with the `tokenizers` library alone."""
+    from tokenizers import AddedToken, decoders, models, pre_tokenizers, processors
+    from tokenizers import Tokenizer as RustTokenizer
+
+    vocab = json.loads((d / "vocab.json").read_text(encoding="utf-8"))
+    merges = [tuple(line.split()) for line in (d / "merges.txt").read_text(encoding="utf-8").splitlines()
+              if line and not line.startswith("#version")]
+    tok = RustTokenizer(models.BPE(vocab, merges, dropout=None, continuing_subword_prefix="",
+                                   end_of_word_suffix="", fuse_unk=False))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.post_processor = processors.RobertaProcessing(sep=("</s>", vocab["</s>"]), cls=("<s>", vocab["<s>"]),
+                                                      add_prefix_space=False, trim_offsets=True)
+    specials = {"bos_token": "<s>", "cls_token": "<s>", "pad_token": "<pad>", "eos_token": "</s>",
+                "sep_token": "</s>", "unk_token": "<unk>", "mask_token": "<mask>"}
+    # "<mask>" eats the space before it and is matched before normalisation, as in RoBERTa's files.
+    tok.add_special_tokens([AddedToken(t, special=True, normalized=t != "<mask>", lstrip=t == "<mask>")
+                            for t in dict.fromkeys(specials.values())])
+    tok.save(str(d / "tokenizer.json"))
+    _tokenizer_config(d, {"tokenizer_class": "RobertaTokenizer", "add_prefix_space": False, "trim_offsets": True,
+                          "errors": "replace", "clean_up_tokenization_spaces": False}, specials)
+
+
+def _tokenizer_config(d: Path, config: dict, specials: dict[str, str]) -> None:
+    (d / "tokenizer_config.json").write_text(json.dumps({**config, **specials, "model_max_length": 512}, indent=2))
+    (d / "special_tokens_map.json").write_text(json.dumps(specials, indent=2))
 
 
 @pytest.fixture(scope="session")
 def bpe_dir(tmp_path_factory) -> Path:
     """A small byte-level BPE (RoBERTa) tokenizer: vocab.json + merges.txt + tokenizer.json."""
     from tokenizers import ByteLevelBPETokenizer
-    from transformers import RobertaTokenizerFast
 
     d = tmp_path_factory.mktemp("bpe")
     tok = ByteLevelBPETokenizer()
     tok.train_from_iterator(corpus_lines(), vocab_size=400, min_frequency=1,
                             special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"])
     tok.save_model(str(d))
-    RobertaTokenizerFast(vocab_file=str(d / "vocab.json"), merges_file=str(d / "merges.txt")).save_pretrained(str(d))
+    _bpe_json(d)
     return d
 
 
