@@ -65,7 +65,7 @@ def test_rank_by_hand():
 
 
 @pytest.mark.parametrize("query,docs,field", [
-    ("", ["a"], "query"), (3, ["a"], "query"), ("q", [], "documents"), ("q", "a doc", "documents"),
+    ("", ["a"], "query"), (3, ["a"], "query"), ("q", [], "texts"), ("q", "a doc", "texts"),
     ("q", ["a", ""], "texts[1]"), ("q", ["a", None], "texts[1]"),
 ])
 def test_bad_inputs(cross_encoder, query, docs, field):

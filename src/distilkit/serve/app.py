@@ -26,7 +26,7 @@ from pydantic import BaseModel, TypeAdapter
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
-from .. import __version__
+from .. import __version__, schemas_embed
 from ..errors import InputError
 from ..schemas import RESPONSE_TYPES, ErrorBody, example_requests, format_response, parse_request, request_schema, task_name
 from .batcher import ClientGone, MicroBatcher, QueueFull, ShuttingDown
@@ -85,6 +85,8 @@ def error_response(status: int, error_type: str, message: str, field: str | None
 
 
 def warmup_inputs(task: Any) -> list:
+    if hasattr(task, "warmup_inputs"):  # the tasks whose inputs need more than a text
+        return task.warmup_inputs()
     name = task_name(task.name)
     if name == "fill-mask":
         return [f"The model is {task.tokenizer.mask_token} up."]
@@ -143,7 +145,7 @@ def create_app(config: ServeConfig, task: Any | None = None) -> FastAPI:
                 max_batch_tokens=config.max_batch_tokens or t.max_tokens, max_batch_size=config.max_batch_size,
                 max_wait_s=config.max_wait_ms / 1000, max_queue=config.max_queue, metrics=state.metrics)
             await state.batcher.start()
-            await state.batcher.call(lambda: t.run(warmup_inputs(t)))
+            await state.batcher.call(lambda: t.run(warmup_inputs(t), **getattr(t, "warmup_params", {})))
             state.ready = True
             state.metrics.ready.set(1)
             log.info("model ready: task=%s model=%s", name, config.model)
@@ -244,14 +246,13 @@ def create_app(config: ServeConfig, task: Any | None = None) -> FastAPI:
     # ------------------------------------------------------------------ scoring
     valid_params: set[str] = set()
 
-    async def score(request: Request, pipeline_only: bool) -> Response:
+    async def handle(request: Request, parse) -> Response:
+        """Every scoring route: auth -> body -> parse(body) -> limits -> batcher -> render.
+        parse(body) -> (inputs, params, render), render(results) -> the answer's JSON value."""
         _authorize(request, config.api_key)
         t, batcher = state.require_ready()
         body = await _read_json(request, config.max_body_bytes, config.timeout_s)
-        try:
-            inputs, params, shape = parse_request(name, body, pipeline_only=pipeline_only)
-        except InputError as e:
-            raise ApiError(422, "invalid_request", str(e), e.field) from None
+        inputs, params, render = parse(body)
         _check_limits(inputs, config)
         key = json.dumps(params, sort_keys=True, default=str)
         if key not in valid_params:  # validation costs ~0.2 ms; most requests repeat a few parameter sets
@@ -279,7 +280,17 @@ def create_app(config: ServeConfig, task: Any | None = None) -> FastAPI:
             raise ApiError(422, "invalid_input", str(e), e.field) from None
         finally:
             state.metrics.in_flight.dec()
-        return JSONResponse(format_response(name, results, shape, params))
+        return JSONResponse(render(results))
+
+    async def score(request: Request, pipeline_only: bool) -> Response:
+        def parse(body: Any):
+            try:
+                inputs, params, shape = parse_request(name, body, pipeline_only=pipeline_only)
+            except InputError as e:
+                raise ApiError(422, "invalid_request", str(e), e.field) from None
+            return inputs, params, lambda results: format_response(name, results, shape, params)
+
+        return await handle(request, parse)
 
     responses: dict[int | str, dict[str, Any]] = {
         400: {"model": ErrorBody, "description": "Malformed JSON"},
@@ -305,6 +316,10 @@ def create_app(config: ServeConfig, task: Any | None = None) -> FastAPI:
                           "`pipeline(inputs, **parameters)`.")
     async def pipeline_route_fn(request: Request):
         return await score(request, pipeline_only=True)
+
+    from .embeddings import add_routes  # TEI's /embed and /rerank, OpenAI's /v1/embeddings
+
+    known_routes.update(add_routes(app, state, handle))
 
     # ------------------------------------------------------------------ OpenAPI: bodies from the shared schemas
     def openapi() -> dict[str, Any]:
@@ -394,7 +409,13 @@ def _check_limits(inputs: list, config: ServeConfig) -> None:
         raise ApiError(422, "too_many_inputs", f"{len(inputs)} inputs, over the limit of {config.max_inputs} per request",
                        "inputs")
     for i, x in enumerate(inputs):
-        texts = x.items() if isinstance(x, dict) else [("", x)]
+        texts = list(x.items()) if isinstance(x, dict) else [("", x)]
+        for key, value in list(texts):
+            if isinstance(value, list):  # text-ranking's texts: each one a model input
+                if len(value) > config.max_inputs:
+                    raise ApiError(422, "too_many_inputs", f"{len(value)} texts, over the limit of {config.max_inputs} "
+                                   "per request", f"inputs[{i}].{key}")
+                texts += [(f"{key}[{j}]", text) for j, text in enumerate(value)]
         for key, text in texts:
             if isinstance(text, str) and len(text) > config.max_text_chars:
                 where = f"inputs[{i}]" + (f".{key}" if key else "")
@@ -452,4 +473,5 @@ _SCORE_DOC = {
     "text-classification": 'Catalog: `{"input_data": ["I love it", {"text": "a", "text_pair": "b"}]}` -> one '
                            '`{label, score}` per input (a sorted list per input when `top_k` is given).',
     "token-classification": 'Catalog: `{"input_data": ["My name is Wolfgang"]}` -> one list of entities per input.',
+    **{task: spec["doc"] for task, spec in schemas_embed.TASKS.items()},
 }

@@ -1,7 +1,8 @@
 """text-ranking: a cross-encoder scores (query, document) pairs, as sentence-transformers'
 CrossEncoder does (a single-logit head through a sigmoid, or the probability of a chosen label),
-and `rank` sorts them. `run` takes {"query", "text"} pairs, so a server batches the documents of
-many queries together; `p(query, documents, top_k=...)` gives the sorted [{index, score, text?}]."""
+and `rank` sorts them. `run` takes {"query", "texts"} items and gives each its sorted
+[{index, score, text?}]; all the pairs of all the items go through the model together, so a
+server batches the documents of many queries. `p(query, documents, top_k=...)` ranks one query."""
 
 from __future__ import annotations
 
@@ -17,6 +18,8 @@ from .pairs import pair_features, softmax
 
 @dataclass
 class TextRankingParams:
+    top_k: int | None = None  # texts returned per query, best first; None: all
+    return_text: bool = False  # include each text in its result
     activation: str | None = None  # sigmoid | none; default: the checkpoint's (sigmoid for one logit)
     label: str | None = None  # a head with several labels: score the probability of this one
     truncation: bool = True  # cut the longer text of a pair to the model's limit, as CrossEncoder does
@@ -24,6 +27,8 @@ class TextRankingParams:
     def __post_init__(self):
         if self.activation not in (None, "sigmoid", "none"):
             raise InputError(f"activation must be sigmoid or none, got {self.activation!r}", "activation")
+        if self.top_k is not None and self.top_k < 1:
+            raise InputError(f"top_k must be at least 1 or null, got {self.top_k}", "top_k")
 
 
 class TextRanking(Task):
@@ -31,25 +36,43 @@ class TextRanking(Task):
     head = "sequence-classification"
     Params = TextRankingParams
 
-    def __call__(self, query: str, documents: Sequence[str], top_k: int | None = None, return_text: bool = False,
-                 **params: Any) -> list[dict]:
+    def warmup_inputs(self) -> list:  # what a server warms up with
+        return [{"query": "What warms up?", "texts": ["The model warms up before the first request.", "Paris"]}]
+
+    def __call__(self, query: str, documents: Sequence[str], **params: Any) -> list[dict]:
+        """[{index, score, text?}] of `documents` against `query`, best first (top_k=, return_text=)."""
         if isinstance(documents, str) or not isinstance(documents, (list, tuple)) or not documents:
-            raise InputError("documents must be a non-empty list of strings", "documents")
-        scores = self.run([{"query": query, "text": d} for d in documents], **params)
-        return rank(scores, documents, top_k, return_text)
+            raise InputError("documents must be a non-empty list of strings", "texts")
+        return self.run([{"query": query, "texts": list(documents)}], **params)[0]
 
     def featurize(self, inputs, p):
-        pairs, fields = [], []
+        pairs, fields, owners = [], [], []
         for i, x in enumerate(inputs):
-            if not isinstance(x, dict) or "query" not in x or "text" not in x:
-                raise InputError(f"inputs[{i}] must be an object with query and text", f"inputs[{i}]")
-            pairs.append((self.check_text(x["query"], "query"), self.check_text(x["text"], f"texts[{i}]")))
-            fields.append(f"texts[{i}]")
-        return pair_features(self, pairs, fields, "longest_first" if p.truncation else None), list(range(len(pairs)))
+            where = f"inputs[{i}]." if len(inputs) > 1 else ""  # one query (the usual case): "query", "texts[3]"
+            if not isinstance(x, dict) or "query" not in x or "texts" not in x:
+                raise InputError(f"inputs[{i}] must be an object with query and texts", f"inputs[{i}]")
+            texts = x["texts"]
+            if isinstance(texts, str) or not isinstance(texts, (list, tuple)) or not texts:
+                raise InputError(f"{where}texts must be a non-empty list of strings", f"{where}texts")
+            query = self.check_text(x["query"], f"{where}query")
+            for j, text in enumerate(texts):
+                pairs.append((query, self.check_text(text, f"{where}texts[{j}]")))
+                fields.append(f"{where}texts[{j}]")
+                owners.append(i)
+        return pair_features(self, pairs, fields, "longest_first" if p.truncation else None), owners
 
     def decode(self, inputs, features, owners, outputs, p):
+        scores = self.scores(np.stack(outputs).astype(np.float32), p)
+        results, start = [], 0
+        for x in inputs:  # owners run in input order, len(texts) pairs each
+            n = len(x["texts"])
+            results.append(rank(scores[start: start + n], x["texts"], p.top_k, p.return_text))
+            start += n
+        return results
+
+    def scores(self, logits: np.ndarray, p) -> list[float]:
+        """(pairs, labels) logits -> one relevance score per pair."""
         cfg = self.model.cfg
-        logits = np.stack(outputs).astype(np.float32)  # (pairs, labels)
         if p.label is not None:
             if p.label not in cfg.label2id:
                 raise InputError(f"label {p.label!r} is not one of the model's: {', '.join(cfg.label2id)}", "label")

@@ -52,6 +52,11 @@ class ZeroShotClassification(Task):
         super().__init__(*args, **kwargs)
         self.entailment_id = entailment_id(self.model.cfg.id2label)
 
+    warmup_params = {"candidate_labels": ["weather", "travel"]}  # what a server warms up with
+
+    def warmup_inputs(self) -> list:
+        return ["The model warms up in Paris before the first request."]
+
     def __call__(self, sequences: Any, candidate_labels: Any = None, **params: Any):
         """One text -> {sequence, labels, scores} (labels sorted by score); a list -> one per text."""
         if candidate_labels is not None:
