@@ -87,9 +87,13 @@ def test_task_distillation_classification(checkpoint, tmp_path):
     losses = _train_losses(tmp_path / "out")
     assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3
     comparison = report["comparison"]
-    assert comparison["student"]["parameters"] < comparison["teacher"]["parameters"]
     assert "accuracy" in comparison["student"]["metrics"]
     student = T.AutoModelForSequenceClassification.from_pretrained(report["student"])
+    # The models' own parameter counts, as transformers counts them (not a runtime view of them).
+    expected = {"teacher": T.AutoModelForSequenceClassification.from_pretrained(teacher).num_parameters(),
+                "student": student.num_parameters()}
+    assert {k: comparison[k]["parameters"] for k in expected} == expected
+    assert comparison["student_vs_teacher"]["parameters"] == pytest.approx(expected["student"] / expected["teacher"])
     assert student.config.num_hidden_layers == 1 and student.config.id2label[1] == "joy"
 
 

@@ -128,7 +128,30 @@ def test_squad_v2_uses_the_pipeline_answers_and_null_score_differences(tmp_path,
     assert m == squad_v2(records, preds, na)
     assert m["HasAns_total"] == 4 and m["NoAns_total"] == 2 and "best_f1_thresh" in m
     v1 = E.evaluate(str(ckpt), "qa", tmp_path / "squad.json", version="1", select=":1", max_seq_len=48)["metrics"]
-    assert set(v1) == {"exact_match", "f1"}
+    assert set(v1) == {"exact_match", "f1", "total", "unanswerable_left_out"}
+    assert (v1["total"], v1["unanswerable_left_out"]) == (4, 2)
+
+
+def test_version_1_on_v2_data_scores_the_answerable_questions_as_the_recipe_does(tmp_path, checkpoint, capsys):
+    """`evaluate --version 1` on v2.0 data: the v1.1 recipe's test metrics (answerable questions only), said so."""
+    from distilkit.train.finetune import FinetuneConfig, read_split, score
+
+    data = squad(tmp_path, QUESTIONS)
+    ckpt = checkpoint("bert", "question-answering", head_scale=30.0)
+    cfg = FinetuneConfig(task="question-answering", model=str(ckpt), data_dir=str(tmp_path), train_file=data.name,
+                         max_seq_len=48, doc_stride=16)
+    recipe = score(cfg, pipeline("question-answering", model=str(ckpt)), read_split(cfg, data.name, None))
+    assert recipe["f1"] > 0  # else leaving questions out would not change the score
+    out = tmp_path / "report.json"
+    assert E.main(["--model", str(ckpt), "--task", "qa", "--data", str(data), "--version", "1", "--max-seq-len", "48",
+                   "--doc-stride", "16", "--max-answer-len", "30", "--max-question-len", "64", "--output", str(out),
+                   "--progress", "lines"]) == 0
+    m = json.loads(out.read_text())["metrics"]
+    assert (m["exact_match"], m["f1"], m["total"]) == (recipe["exact_match"], recipe["f1"], 4)
+    assert m["unanswerable_left_out"] == 2
+    err = capsys.readouterr().err
+    assert "2 unanswerable of 6 questions left out; scored the 4 answerable ones" in err
+    assert "evaluate: done: 4 questions" in err and "\r" not in err
 
 
 def test_fill_mask_pseudo_perplexity_matches_a_direct_computation(tmp_path, checkpoint):
@@ -178,3 +201,20 @@ def test_real_minilm_fine_tunes_if_present(shared_data):
         pytest.skip("~/.cache/distilkit/minilm-emotion not built (see docs/finetune.md)")
     m = E.evaluate(str(model), "text-classification", shared_data / "emotion/test.txt", limit=200)["metrics"]
     assert m["accuracy"] > 0.85
+
+
+def test_scoring_moves_progress_chunk_by_chunk(checkpoint):
+    class Counter:
+        total = None
+
+        def __init__(self):
+            self.updates = []
+
+        def update(self, n):
+            self.updates.append(n)
+
+    task = pipeline("text-classification", model=str(checkpoint("distilbert", "sequence-classification")))
+    records = [{"text": f"text number {i}", "label": "joy"} for i in range(2 * E.CHUNK + 3)]
+    counter = Counter()
+    E.evaluate_text_classification(task, records, counter)
+    assert counter.updates == [E.CHUNK, E.CHUNK, 3]

@@ -92,7 +92,7 @@ def test_masked_lm_projects_only_requested_positions(checkpoint):
 
 def test_base_checkpoint_gets_a_fresh_head_for_fine_tuning(checkpoint):
     base = checkpoint("bert", None)
-    model = load_model(base, head="sequence-classification")
+    model = load_model(base, head="sequence-classification", fresh_head=True)
     assert model.head_name == "sequence-classification"
     assert torch.isfinite(model.head.out.weight).all() and model.head.out.weight.abs().sum() > 0
     ref = T.AutoModel.from_pretrained(base)
@@ -104,7 +104,7 @@ def test_base_checkpoint_gets_a_fresh_head_for_fine_tuning(checkpoint):
 def test_every_fresh_head_is_initialised(checkpoint, head):
     """A fresh head's parameters are initialised, none left as uninitialised memory (the masked-LM
     bias is a bare parameter, not a module)."""
-    model = load_model(checkpoint("bert", None), head=head)
+    model = load_model(checkpoint("bert", None), head=head, fresh_head=True)
     for name, p in model.head.named_parameters():
         assert torch.isfinite(p).all(), name
     if head == "masked-lm":

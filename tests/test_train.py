@@ -9,6 +9,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -71,6 +72,20 @@ def tiny_config(tmp_path: Path, task: str, model: Path, **overrides) -> Finetune
     return FinetuneConfig(**values)
 
 
+def cli_args(tmp_path: Path, model: Path, **overrides) -> list[str]:
+    """tiny_config's options (text classification) as key=value command-line overrides."""
+    cfg = tiny_config(tmp_path, "text-classification", model, **overrides)
+    return [f"{k}={v}" for k, v in cfg.to_dict().items()
+            if v is not None and k in {"task", "model", "data_dir", "train_file", "output_dir", *overrides}
+            or k in ("batch_size", "max_steps", "lr", "warmup_steps", "log_every", "precision", "max_seq_len", "plot")]
+
+
+def one_line_error(capsys, rc: int) -> str:
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and err.count("\n") == 0 and "Traceback" not in err, err
+    return err
+
+
 def losses(output_dir: Path) -> dict[int, float]:
     lines = [json.loads(x) for x in (output_dir / "metrics.jsonl").read_text().splitlines() if x]
     return {r["step"]: r["loss"] for r in lines if r["type"] == "train"}
@@ -97,7 +112,7 @@ def test_overrides_are_typed_by_the_dataclass(tmp_path):
     assert cfg.columns == {"tokens": "words"} and cfg.labels == ["O", "B-X", "I-X"] and cfg.metric == "f1"
     with pytest.raises(ValueError, match="unknown option"):
         FinetuneConfig.load(recipe, ["learning_rate=1"])
-    with pytest.raises(ValueError, match="'epochs' must be int"):
+    with pytest.raises(ValueError, match="option 'epochs': Input should be a valid integer"):
         FinetuneConfig.load(recipe, ["epochs=two"])
 
 
@@ -191,15 +206,16 @@ def test_resume_gives_the_losses_of_an_uninterrupted_run(tmp_path, checkpoint):
     ckpt = Path(full.output_dir) / "checkpoints" / "step-0000003"
     assert json.loads((ckpt / "trainer_state.json").read_text())["position"] == 1
     resumed = tiny_config(tmp_path / "b", "text-classification", model, max_steps=7, grad_accum=2, save_every=3,
-                          dropout=0.1)
+                          dropout=0.1, data_dir=full.data_dir)
     shutil.copytree(ckpt, Path(resumed.output_dir) / "checkpoints" / ckpt.name)
     finetune(resumed, resume=True)
     got = losses(Path(resumed.output_dir))
     assert sorted(got) == [4, 5, 6, 7]
     for step in got:
         assert abs(got[step] - expected[step]) <= 1e-6, (step, got[step], expected[step])
-    with pytest.raises(ValueError, match="resume with the options"):
-        finetune(tiny_config(tmp_path / "b", "text-classification", model, max_steps=9, grad_accum=2), resume=True)
+    with pytest.raises(ValueError, match="trained with other options \\(max_steps 7 -> 9\\)"):
+        finetune(tiny_config(tmp_path / "b", "text-classification", model, max_steps=9, grad_accum=2, save_every=3,
+                             dropout=0.1, data_dir=full.data_dir), resume=True)
 
 
 def test_two_processes_under_torchrun_equal_one(tmp_path, checkpoint):
@@ -250,3 +266,113 @@ def test_curves_plot_the_metrics_or_else_the_loss_parts(tmp_path, with_eval):
     metrics.write_text("".join(json.dumps(x) + "\n" for x in lines))
     out = plot_curves(metrics, tmp_path / "curves.png")
     assert out is not None and out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+# ---------------------------------------------------------------------- the command line
+def test_help_shows_types_defaults_and_allowed_values(capsys):
+    from distilkit.train.finetune import main
+
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    out = capsys.readouterr().out
+    assert "precision (auto|fp32|bf16|fp16, default 'auto')" in out
+    assert "lr (float, default 5e-05, > 0)" in out and "peak learning rate" in out
+    assert "task (text-classification|token-classification|question-answering, default 'text-classification')" in out
+
+
+def test_overrides_before_or_after_flags_and_did_you_mean(capsys, tmp_path):
+    from distilkit.train.finetune import main
+
+    assert main(["--print-config", str(ROOT / "configs/emotion.yaml"), "model=X", "epochs=1"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert (printed["model"], printed["epochs"]) == ("X", 1)
+    err = one_line_error(capsys, main([str(ROOT / "configs/emotion.yaml"), "learning_rate=1", "--print-config"]))
+    assert "unknown option 'learning_rate' (did you mean 'lr'?)" in err
+    with pytest.raises(ValueError, match="did you mean 'epochs'"):
+        FinetuneConfig.load(ROOT / "configs/emotion.yaml", ["epoch=2"])
+    with pytest.raises(ValueError, match="precision\n  Input should be 'auto', 'fp32', 'bf16' or 'fp16'"):
+        FinetuneConfig(train_file="x", precision="fp64")
+
+
+def test_resume_refuses_changed_options_unless_told(tmp_path, checkpoint, capsys):
+    from distilkit.train.finetune import main
+
+    model = checkpoint("bert", None)
+    args = cli_args(tmp_path, model, max_steps=4, save_every=2, keep_checkpoints=10)
+    assert main(args) == 0
+    out = tmp_path / "out"
+    saved = (out / "finetune_config.json").read_text()
+    step2 = str(out / "checkpoints" / "step-0000002")
+    capsys.readouterr()
+    err = one_line_error(capsys, main(args + ["lr=0.01", "seed=7", "--resume-from", step2]))
+    assert "trained with other options (lr 0.003 -> 0.01, seed 42 -> 7)" in err and "--allow-changed-options" in err
+    assert (out / "finetune_config.json").read_text() == saved and not (out / "resumes.jsonl").exists()
+    # Told to: the new lr is the one that trains, and the change is recorded beside the untouched config.
+    assert main(args + ["lr=0.01", "keep_checkpoints=3", "--resume-from", step2, "--allow-changed-options"]) == 0
+    assert (out / "finetune_config.json").read_text() == saved
+    (record,) = [json.loads(x) for x in (out / "resumes.jsonl").read_text().splitlines()]
+    assert record["step"] == 2 and record["changed"] == {"lr": [0.003, 0.01], "keep_checkpoints": [10, 3]}
+    lrs = {r["step"]: r["lr"] for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines())
+           if r["type"] == "train"}
+    # Warmup 2 of 4 steps: after step 3 the schedule's factor is 0.5 of the peak, the new one (the
+    # restored optimizer alone would have kept 0.003 and logged 0.0015).
+    assert lrs[2] == pytest.approx(0.003) and lrs[3] == pytest.approx(0.005)
+
+
+def test_a_second_run_on_the_same_output_dir_is_refused_while_the_first_runs(tmp_path, checkpoint, capsys):
+    from distilkit.train.finetune import main
+
+    model = checkpoint("bert", None)
+    args = cli_args(tmp_path, model, max_steps=100000, log_every=1)
+    out = tmp_path / "out"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "DISTILKIT_PROGRESS_INTERVAL": "0.2"}
+    first = subprocess.Popen([sys.executable, "-m", "distilkit", "finetune", *args, "progress=true"], env=env,
+                             stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not (out / "metrics.jsonl").is_file() or not (out / "metrics.jsonl").read_text():
+            assert first.poll() is None and time.monotonic() < deadline, "the first run did not start training"
+            time.sleep(0.2)
+        for extra in ([], ["--resume"]):
+            err = one_line_error(capsys, main(args + extra))
+            assert f"output_dir {out} is in use by another training run (pid {first.pid} " in err, err
+    finally:
+        os.killpg(first.pid, signal.SIGKILL)
+        _, stderr = first.communicate()
+    # Piped, the progress is plain lines: no \r redraws.
+    assert "\r" not in stderr and "train: " in stderr and " steps/s" in stderr, stderr[-2000:]
+    # The kernel released the lock with the killed process: a new run may start.
+    assert main(cli_args(tmp_path, model, max_steps=2)) == 0
+
+
+def test_recipe_errors_are_one_line_with_exit_2(tmp_path, checkpoint, capsys, monkeypatch):
+    from distilkit.train import distill as D
+    from distilkit.train.finetune import main
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("task: text-classification\nlabels: [a, b\n")
+    assert "bad.yaml: not valid YAML" in one_line_error(capsys, main([str(bad)]))
+    base = cli_args(tmp_path, checkpoint("bert", None), max_steps=2)
+    missing = str(tmp_path / "no" / "model")
+    assert "is not a directory" in one_line_error(capsys, main(base + [f"model={missing}"]))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    err = one_line_error(capsys, main(base + ["model=someone/not-cached-model"]))
+    assert "someone/not-cached-model" in err and "HF_HUB_OFFLINE" in err
+    assert "no checkpoint under" in one_line_error(capsys, main(base + ["--resume"]))
+    # A classifier with 3 labels (config.json) asked to train 2 (the recipe): both numbers, both sources.
+    classifier = checkpoint("bert", "sequence-classification")
+    err = one_line_error(capsys, main(base + [f"model={classifier}", "labels=[joy, anger]"]))
+    assert "head has 3 labels" in err and "config.json" in err and "the recipe's labels are 2 (joy, anger)" in err
+    err = one_line_error(capsys, main(base + [f"model={classifier}", "labels=[joy, sadness, anger]"]))
+    assert "config.json: sadness, joy, anger)" in err and "are 3 (joy, sadness, anger)" in err  # same count, rows that mean others
+    with pytest.raises(ValueError, match="head has 3 labels"):  # --debug: the exception itself
+        main(base + [f"model={classifier}", "labels=[joy, anger]", "--debug"])
+    capsys.readouterr()
+    teacherless = [f"train_file={tmp_path / 'data' / 'emotion.txt'}", "task=text-classification",
+                   f"output_dir={tmp_path / 'd'}", "max_steps=1"]
+    assert "is not a directory" in one_line_error(capsys, D.main(teacherless + [f"teacher={missing}"]))
+    teacher = f"teacher={classifier}"
+    err = one_line_error(capsys, D.main(teacherless + [teacher, "student_layers=[0, 99]"]))
+    assert "student_layers [0, 99]: the teacher has 2 layers, numbered 0..1 (99 out of range)" in err
+    for layers, why in (("[]", "empty"), ("[1, 0]", "ascending"), ("[0, 0]", "at most once")):
+        assert why in one_line_error(capsys, D.main(teacherless + [teacher, f"student_layers={layers}"]))

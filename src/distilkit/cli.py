@@ -88,6 +88,9 @@ def _fail(message: str, error_type: str, field: str | None = None) -> int:
 
 
 def predict(args: argparse.Namespace) -> int:
+    if not args.input and sys.stdin.isatty():  # else a user who forgot --input waits on a silent prompt
+        print("distilkit predict: reading the request JSON from stdin (end it with Ctrl-D), or pass --input FILE",
+              file=sys.stderr)
     try:
         raw = open(args.input, encoding="utf-8").read() if args.input else sys.stdin.read()
     except OSError as e:

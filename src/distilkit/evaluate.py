@@ -20,13 +20,29 @@ import numpy as np
 
 from .config import MODES
 from .metrics import classification_report, entity_scores, pseudo_perplexity, squad_v1, squad_v2, topk_accuracy
+from .progress import MODES as PROGRESS_MODES
+from .progress import progress as make_progress
 
 
 # ---------------------------------------------------------------------- per task
-def evaluate_text_classification(task, records: Sequence[dict]) -> dict[str, Any]:
+CHUNK = 64  # records per model call while scoring: progress moves every chunk
+
+
+def _in_chunks(run, items: Sequence[Any], progress=None) -> list[Any]:
+    """run(chunk) -> one result per item, over chunks of CHUNK items, counting each on `progress`."""
+    out: list[Any] = []
+    for start in range(0, len(items), CHUNK):
+        chunk = items[start: start + CHUNK]
+        out.extend(run(chunk))
+        if progress is not None:
+            progress.update(len(chunk))
+    return out
+
+
+def evaluate_text_classification(task, records: Sequence[dict], progress=None) -> dict[str, Any]:
     """Accuracy, macro-F1 and per-class scores of the task's top label (texts over the limit are cut)."""
     inputs = [{"text": r["text"], "text_pair": r["text_pair"]} if r.get("text_pair") else r["text"] for r in records]
-    preds = [out["label"] for out in task.run(inputs, truncation=True)]
+    preds = [out["label"] for out in _in_chunks(lambda c: task.run(c, truncation=True), inputs, progress)]
     return classification_report([r["label"] for r in records], preds)
 
 
@@ -48,11 +64,11 @@ def word_tags(text_words: Sequence[str], entities: Sequence[dict]) -> list[str]:
     return tags
 
 
-def evaluate_token_classification(task, records: Sequence[dict]) -> dict[str, Any]:
+def evaluate_token_classification(task, records: Sequence[dict], progress=None) -> dict[str, Any]:
     """Entity-level precision/recall/F1 (seqeval) of word tags read off the first piece of each word,
     plus word accuracy."""
     texts = [" ".join(r["tokens"]) for r in records]
-    outputs = task.run(texts, aggregation_strategy="none", ignore_labels=[])
+    outputs = _in_chunks(lambda c: task.run(c, aggregation_strategy="none", ignore_labels=[]), texts, progress)
     gold = [list(r["tags"]) for r in records]
     pred = [word_tags(r["tokens"], out) for r, out in zip(records, outputs)]
     scores = entity_scores(gold, pred)
@@ -61,7 +77,23 @@ def evaluate_token_classification(task, records: Sequence[dict]) -> dict[str, An
     return scores
 
 
-def qa_predictions(task, records: Sequence[dict], version_2: bool, **params: Any) -> tuple[dict[str, str], dict[str, float] | None]:
+def qa_predictions(task, records: Sequence[dict], version_2: bool, progress=None,
+                   **params: Any) -> tuple[dict[str, str], dict[str, float] | None]:
+    """`_qa_chunk` over chunks of records (so that progress moves while scoring)."""
+    preds: dict[str, str] = {}
+    na_probs: dict[str, float] | None = {} if version_2 else None
+    for start in range(0, len(records), CHUNK):
+        chunk = records[start: start + CHUNK]
+        p, na = _qa_chunk(task, chunk, version_2, **params)
+        preds.update(p)
+        if na_probs is not None:
+            na_probs.update(na)
+        if progress is not None:
+            progress.update(len(chunk))
+    return preds, na_probs
+
+
+def _qa_chunk(task, records: Sequence[dict], version_2: bool, **params: Any) -> tuple[dict[str, str], dict[str, float] | None]:
     """Answers of the QA task and, for v2, na_prob = null score - best span score per question.
 
     The predictions are the pipeline's (handle_impossible_answer for v2: "" when the null score
@@ -94,21 +126,40 @@ def _first(answer: Any) -> dict:
     return answer
 
 
-def evaluate_question_answering(task, records: Sequence[dict], version_2: bool | None = None,
+def unanswerable(record: dict) -> bool:
+    return bool(record.get("is_impossible")) or not record["answers"]
+
+
+def evaluate_question_answering(task, records: Sequence[dict], version_2: bool | None = None, progress=None,
                                 **params: Any) -> dict[str, Any]:
     """SQuAD v1.1 (exact_match, f1) or v2.0 (exact, f1, HasAns_*, NoAns_*, best_* and thresholds)
-    scores of the task's answers. version_2=None: v2 when any question is unanswerable."""
+    scores of the task's answers. version_2=None: v2 when any question is unanswerable.
+    v1.1 scores answerable questions only (as the v1.1 recipe trains and scores): unanswerable
+    ones are left out, and the count left out is in the result (`unanswerable_left_out`)."""
     if version_2 is None:
-        version_2 = any(r.get("is_impossible") or not r["answers"] for r in records)
+        version_2 = any(unanswerable(r) for r in records)
     params = {k: v for k, v in params.items() if v is not None}
-    preds, na_probs = qa_predictions(task, records, version_2, **params)
+    left_out = 0
+    if not version_2:
+        answerable = [r for r in records if not unanswerable(r)]
+        left_out = len(records) - len(answerable)
+        if left_out and not answerable:
+            raise ValueError(f"SQuAD v1.1 scoring: none of the {len(records)} questions has an answer "
+                             "(score this data as version 2)")
+        records = answerable
+        if progress is not None and progress.total is not None:
+            progress.set_total(progress.total - left_out)
+    preds, na_probs = qa_predictions(task, records, version_2, progress, **params)
     if version_2:
         return squad_v2(records, preds, na_probs)
-    return squad_v1(records, preds)
+    metrics = {**squad_v1(records, preds), "total": len(records)}
+    if left_out:
+        metrics["unanswerable_left_out"] = left_out
+    return metrics
 
 
 def evaluate_fill_mask(task, texts: Sequence[str], mask_fraction: float = 0.15, max_seq_len: int = 128,
-                       seed: int = 0, chunk: int = 256) -> dict[str, Any]:
+                       seed: int = 0, chunk: int = 256, progress=None) -> dict[str, Any]:
     """Top-1/top-5 accuracy and pseudo-perplexity on masked tokens.
 
     Each text is cut to max_seq_len tokens; a fraction of its tokens (all of them with
@@ -142,6 +193,8 @@ def evaluate_fill_mask(task, texts: Sequence[str], mask_fraction: float = 0.15, 
     if not rows:
         raise ValueError("no tokens to mask in the given texts")
     targets, ranked, nll = [], [], []
+    if progress is not None:
+        progress.set_total(len(rows))
     for start in range(0, len(rows), chunk):
         part = rows[start: start + chunk]
         features = []
@@ -158,6 +211,8 @@ def evaluate_fill_mask(task, texts: Sequence[str], mask_fraction: float = 0.15, 
         top = np.take_along_axis(top, np.argsort(-np.take_along_axis(logits, top, axis=1), axis=1), axis=1)
         ranked.extend(top.tolist())
         targets.extend(t.tolist())
+        if progress is not None:
+            progress.update(len(part))
     return {"top1_accuracy": topk_accuracy(targets, ranked, 1), "top5_accuracy": topk_accuracy(targets, ranked, 5),
             "pseudo_perplexity": pseudo_perplexity(nll), "masked_tokens": len(targets), "texts": n_texts}
 
@@ -167,8 +222,9 @@ def evaluate(model: Any, task: str, data: str | Path, *, format: str = "auto", c
              select: str | None = None, limit: int | None = None, mode: str = "fp32", version: str = "auto",
              max_seq_len: int | None = None, doc_stride: int | None = None, max_answer_len: int | None = None,
              max_question_len: int | None = None, mask_fraction: float = 0.15, seed: int = 0,
-             tokenizer: Any = None) -> dict[str, Any]:
-    """Score `model` (directory, hub id or loaded Model + tokenizer) on `data`; the JSON report."""
+             tokenizer: Any = None, progress: str | None = None) -> dict[str, Any]:
+    """Score `model` (directory, hub id or loaded Model + tokenizer) on `data`; the JSON report.
+    progress: a mode of distilkit.progress (None: a bar on a terminal, plain lines in a log)."""
     from .data.readers import read_records, read_texts
     from .pipelines import ALIASES, pipeline
 
@@ -184,21 +240,31 @@ def evaluate(model: Any, task: str, data: str | Path, *, format: str = "auto", c
         metrics, n = evaluate_sentence_embedding(pipe, records), len(records)
     elif task == "fill-mask":
         texts = read_texts(data, (columns or {}).get("text", "text"), select)[:limit]
-        metrics = evaluate_fill_mask(pipe, texts, mask_fraction, max_seq_len or 128, seed)
+        with make_progress(total=None, desc="evaluate", unit="masked tokens", mode=progress) as bar:
+            metrics = evaluate_fill_mask(pipe, texts, mask_fraction, max_seq_len or 128, seed, progress=bar)
+            bar.summary(f"pseudo_perplexity {metrics['pseudo_perplexity']:.4g}")
         n = len(texts)
     else:
         records = read_records(task, data, format, columns, select)[:limit]
         if not records:
             raise ValueError(f"no records in {data}")
         n = len(records)
-        if task == "text-classification":
-            metrics = evaluate_text_classification(pipe, records)
-        elif task == "token-classification":
-            metrics = evaluate_token_classification(pipe, records)
-        else:
-            v2 = None if version == "auto" else version == "2"
-            metrics = evaluate_question_answering(pipe, records, v2, max_seq_len=max_seq_len, doc_stride=doc_stride,
-                                                  max_answer_len=max_answer_len, max_question_len=max_question_len)
+        unit = {"text-classification": "texts", "token-classification": "sentences"}.get(task, "questions")
+        with make_progress(total=n, desc="evaluate", unit=unit, mode=progress) as bar:
+            if task == "text-classification":
+                metrics = evaluate_text_classification(pipe, records, bar)
+            elif task == "token-classification":
+                metrics = evaluate_token_classification(pipe, records, bar)
+            else:
+                v2 = None if version == "auto" else version == "2"
+                metrics = evaluate_question_answering(pipe, records, v2, bar, max_seq_len=max_seq_len,
+                                                      doc_stride=doc_stride, max_answer_len=max_answer_len,
+                                                      max_question_len=max_question_len)
+                if metrics.get("unanswerable_left_out"):
+                    bar.write(f"SQuAD v1.1 scoring: {metrics['unanswerable_left_out']} unanswerable of {n} questions "
+                              f"left out; scored the {metrics['total']} answerable ones (as the v1.1 recipe does)")
+            headline = next((k for k in ("f1", "accuracy") if k in metrics), None)
+            bar.summary(f"{headline} {metrics[headline]:.4f}" if headline else "")
     return {"task": task, "model": str(model) if not hasattr(model, "cfg") else "<in-memory model>", "data": str(data),
             "examples": n, "mode": mode, "seconds": round(time.perf_counter() - started, 2), "metrics": metrics}
 
@@ -258,6 +324,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--mode", default="fp32", choices=MODES)
     parser.add_argument("--output", help="write the JSON report here (default: stdout)")
+    parser.add_argument("--progress", choices=PROGRESS_MODES, help="auto (default): a bar on a terminal, plain "
+                        "lines in a log; none: only the summary")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
     args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
     from .checkpoint import CheckpointError, ModelNotFoundError
     from .data.readers import DataError
@@ -266,9 +335,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         report = evaluate(args.model, args.task, args.data, format=args.format, columns=_columns(args.columns),
                           select=args.select, limit=args.limit, mode=args.mode, version=args.version,
                           max_seq_len=args.max_seq_len, doc_stride=args.doc_stride, max_answer_len=args.max_answer_len,
-                          max_question_len=args.max_question_len, mask_fraction=args.mask_fraction, seed=args.seed)
+                          max_question_len=args.max_question_len, mask_fraction=args.mask_fraction, seed=args.seed,
+                          progress=args.progress)
     except (DataError, ModelNotFoundError, CheckpointError, ValueError, OSError) as e:
-        print(f"distilkit evaluate: {e}", file=sys.stderr)
+        if args.debug:
+            raise
+        print(f"distilkit evaluate: {' '.join(str(e).split())}", file=sys.stderr)
         return 2
     text = json.dumps(report, indent=2, ensure_ascii=False)
     if args.output:

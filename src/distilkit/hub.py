@@ -25,14 +25,44 @@ def _offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "0").lower() in {"1", "true", "yes"}
 
 
+def _path_like(ref: str, path: Path) -> bool:
+    """Whether a reference that is not a directory was meant as a path rather than a hub id: it
+    exists as a file, is written as a path, is no valid hub id, or starts in a local folder
+    (`models/tiny_qa` beside a `models/`)."""
+    if path.exists() or ref.startswith((".", "/", "~")) or "\\" in ref or ref.count("/") > 1:
+        return True
+    if "/" in ref and Path(ref.split("/")[0]).expanduser().is_dir():
+        return True
+    try:
+        from huggingface_hub.utils import HFValidationError, validate_repo_id
+    except ImportError:  # pragma: no cover - huggingface_hub is a dependency
+        return False
+    try:
+        validate_repo_id(ref)
+    except HFValidationError:
+        return True
+    return False
+
+
+def _did_you_mean(path: Path) -> str:
+    import difflib
+
+    try:
+        names = [p.name for p in path.parent.iterdir() if p.is_dir()]
+    except OSError:
+        return ""
+    close = difflib.get_close_matches(path.name, names, n=3)
+    return f" (did you mean {', '.join(str(path.parent / c) for c in close)}?)" if close else ""
+
+
 def resolve(ref: str | os.PathLike) -> Path:
     """Local directory -> local HF cache -> hub download (when online). Raises ModelNotFoundError."""
     path = Path(ref).expanduser()
     if path.is_dir():
         return path
     ref = str(ref)
-    if path.exists() or ref.startswith((".", "/", "~")) or ref.count("/") > 1:
-        raise ModelNotFoundError(f"model path {ref!r} is not a directory")
+    if _path_like(ref, path):
+        raise ModelNotFoundError(f"model path {ref!r} is not a directory{_did_you_mean(path)}")
     try:
         from huggingface_hub import snapshot_download
         from huggingface_hub.errors import LocalEntryNotFoundError
@@ -59,7 +89,7 @@ def resolve(ref: str | os.PathLike) -> Path:
         reason = "huggingface_hub is not installed"
     raise ModelNotFoundError(
         f"model {ref!r} is neither a local directory nor in the Hugging Face cache, and could not be downloaded "
-        f"({reason}).\nPass a local directory instead: --model /path/to/{ref.split('/')[-1]} (a folder with "
+        f"({reason}). Pass a local directory instead: --model /path/to/{ref.split('/')[-1]} (a folder with "
         f"config.json, model.safetensors and tokenizer files, e.g. made on an online machine with "
-        f"`huggingface-cli download {ref} --local-dir ./{ref.split('/')[-1]}`)."
+        f"`hf download {ref} --local-dir ./{ref.split('/')[-1]}`)."
     )

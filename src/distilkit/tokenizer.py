@@ -57,6 +57,7 @@ class Tokenizer:
         rust.no_truncation()
         rust.no_padding()
         self.rust = rust
+        self._truncating: dict[int, RustTokenizer] = {}  # max_length -> a truncating copy (see _encoder)
         self.special_tokens = special_tokens
         self.model_max_length = model_max_length
         self.clean_up_tokenization_spaces = clean_up_tokenization_spaces
@@ -133,12 +134,27 @@ class Tokenizer:
         (path / "special_tokens_map.json").write_text(json.dumps(self.special_tokens, indent=2, sort_keys=True) + "\n")
 
     # ------------------------------------------------------------------ encoding
-    def encode(self, texts: Sequence[str], add_special_tokens: bool = True) -> list[Encoding]:
-        """Encode many texts in one Rust batch (parallel, GIL released)."""
-        return self.rust.encode_batch(list(texts), add_special_tokens=add_special_tokens)
+    def encode(self, texts: Sequence[str], add_special_tokens: bool = True, max_length: int | None = None) -> list[Encoding]:
+        """Encode many texts in one Rust batch (parallel, GIL released); with `max_length`, cut
+        to that many tokens, special tokens included, as transformers' `truncation=True` does."""
+        return self._encoder(max_length).encode_batch(list(texts), add_special_tokens=add_special_tokens)
 
-    def encode_pairs(self, pairs: Sequence[tuple[str, str]]) -> list[Encoding]:
-        return self.rust.encode_batch([tuple(p) for p in pairs], add_special_tokens=True)
+    def encode_pairs(self, pairs: Sequence[tuple[str, str]], max_length: int | None = None) -> list[Encoding]:
+        """Text pairs; with `max_length`, cut as transformers' `truncation=True` (longest_first):
+        tokens come off the longer text first, both texts and every special token stay."""
+        return self._encoder(max_length).encode_batch([tuple(p) for p in pairs], add_special_tokens=True)
+
+    def _encoder(self, max_length: int | None) -> RustTokenizer:
+        """The Rust tokenizer, or for `max_length` a copy of it that truncates: the library's own
+        longest_first rule is the reference's, and the shared tokenizer stays untruncated (a
+        setting on it would leak into every other caller, threads included)."""
+        if max_length is None:
+            return self.rust
+        if max_length not in self._truncating:
+            copy = RustTokenizer.from_str(self.rust.to_str())
+            copy.enable_truncation(max_length, strategy="longest_first")
+            self._truncating[max_length] = copy
+        return self._truncating[max_length]
 
     def _pair_template(self) -> PairTemplate:
         enc = self.rust.encode("a", "b", add_special_tokens=True)

@@ -91,6 +91,8 @@ class Task:
 
     # ------------------------------------------------------------------ the loop
     def run(self, inputs: Sequence[Any], **params: Any) -> list[Any]:
+        if not isinstance(inputs, (list, tuple)):  # a string would run character by character
+            raise InputError(f"inputs must be a list, got {type(inputs).__name__}", "inputs")
         p = self.params(**params)
         features, owners = self.featurize(list(inputs), p)
         outputs = self.forward(features)
@@ -128,6 +130,26 @@ class Task:
         return None
 
     # ------------------------------------------------------------------ shared helpers
+    @staticmethod
+    def batch_of(inputs: Any, kinds: tuple[type, ...] = (str,), field: str = "inputs") -> tuple[list, bool]:
+        """The one input contract of `__call__`: one input (of `kinds`) or a list of them ->
+        (list, whether it was one). Each item is checked by the task's featurize."""
+        if isinstance(inputs, kinds):
+            return [inputs], True
+        if isinstance(inputs, (list, tuple)):
+            return list(inputs), False
+        what = " or ".join({str: "a string", dict: "an object"}[k] for k in kinds)
+        raise InputError(f"{field} must be {what} or a list of them, got {type(inputs).__name__}", field)
+
+    @staticmethod
+    def check_keys(item: dict, allowed: tuple[str, ...], field: str) -> None:
+        """A dict input carries only the task's fields: a misspelt `text_pair` would otherwise be
+        dropped, and the text scored alone."""
+        for key in item:
+            if key not in allowed:
+                raise InputError(f"{field} has an unknown field {key!r}; accepted: {', '.join(allowed)}",
+                                 f"{field}.{key}")
+
     def check_text(self, text: Any, field: str) -> str:
         if not isinstance(text, str):
             raise InputError(f"{field} must be a string, got {type(text).__name__}", field)

@@ -35,8 +35,8 @@ class FillMask(Task):
     Params = FillMaskParams
 
     def __call__(self, inputs: str | list[str], **params: Any):
-        single = isinstance(inputs, str)
-        results = self.run([inputs] if single else list(inputs), **params)
+        inputs, single = self.batch_of(inputs)
+        results = self.run(inputs, **params)
         # The reference unwraps a one-element list, and gives one list per mask with several masks.
         return results[0] if single or len(results) == 1 else results
 

@@ -66,25 +66,22 @@ class QuestionAnswering(Task):
     def __call__(self, *args: Any, **kwargs: Any):
         question, context = kwargs.pop("question", None), kwargs.pop("context", None)
         if args and (question is not None or context is not None):
-            raise InputError("pass either examples or question=/context=, not both")
+            raise InputError("pass either examples or question=/context=, not both", "examples")
         if len(args) == 2 and all(isinstance(a, str) for a in args):
             question, context = args
             args = ()
         if args:
             if len(args) != 1:
-                raise InputError("pass one example or a list of examples")
-            examples = args[0]
-            single = isinstance(examples, dict)
-            examples = [examples] if single else list(examples)
+                raise InputError("pass one example or a list of examples", "examples")
+            examples, _ = self.batch_of(args[0], (dict,), "examples")
         elif question is not None and context is not None:
-            single = isinstance(question, str) and isinstance(context, str)
             if isinstance(question, list) and isinstance(context, str):
                 examples = [{"question": q, "context": context} for q in question]
             elif isinstance(question, list) and isinstance(context, list):
                 if len(question) != len(context):
                     raise InputError("Questions and contexts don't have the same lengths", "question")
                 examples = [{"question": q, "context": c} for q, c in zip(question, context)]
-            elif single:
+            elif isinstance(question, str) and isinstance(context, str):
                 examples = [{"question": question, "context": context}]
             else:
                 raise InputError("question and context must be strings or lists of strings", "question")
@@ -98,6 +95,7 @@ class QuestionAnswering(Task):
         for i, ex in enumerate(inputs):
             if not isinstance(ex, dict):
                 raise InputError(f"examples[{i}] must be an object with question and context", f"examples[{i}]")
+            self.check_keys(ex, ("question", "context"), f"examples[{i}]")
             for key in ("question", "context"):
                 if key not in ex or ex[key] is None:
                     raise InputError(f"examples[{i}] has no {key}", key)

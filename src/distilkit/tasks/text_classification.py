@@ -47,8 +47,8 @@ class TextClassification(Task):
         call_legacy = "top_k" not in params
         if "top_k" in params:
             params["legacy"] = False
-        single = isinstance(inputs, (str, dict))
-        results = self.run([inputs] if single else list(inputs), **params)
+        items, single = self.batch_of(inputs, (str, dict))
+        results = self.run(items, **params)
         if single:
             # The reference returns a list for one plain string unless top_k was passed to the call.
             return [results[0]] if isinstance(inputs, str) and call_legacy else results[0]
@@ -58,6 +58,7 @@ class TextClassification(Task):
         pairs, singles = [], []
         for i, x in enumerate(inputs):
             if isinstance(x, dict):
+                self.check_keys(x, ("text", "text_pair"), f"inputs[{i}]")
                 if "text" not in x:
                     raise InputError(f"inputs[{i}] needs a text (and optionally text_pair)", f"inputs[{i}].text")
                 pair = x.get("text_pair")
@@ -68,18 +69,15 @@ class TextClassification(Task):
                 singles.append((i, text))
             else:
                 singles.append((i, self.check_text(x, f"inputs[{i}]")))
+        limit = self.max_length if p.truncation else None
         encs: dict[int, Any] = {}
-        encs.update(zip([i for i, _ in singles], self.tokenizer.encode([t for _, t in singles])))
-        encs.update(zip([i for i, _ in pairs], self.tokenizer.encode_pairs([t for _, t in pairs])))
+        encs.update(zip([i for i, _ in singles], self.tokenizer.encode([t for _, t in singles], max_length=limit)))
+        encs.update(zip([i for i, _ in pairs], self.tokenizer.encode_pairs([t for _, t in pairs], max_length=limit)))
         features = []
         for i in range(len(inputs)):
             ids = np.asarray(encs[i].ids, dtype=np.int64)
             types = np.asarray(encs[i].type_ids, dtype=np.int64)
-            if len(ids) > self.max_length:
-                if not p.truncation:
-                    self.check_length(len(ids), f"inputs[{i}]", " (pass truncation=true to cut it)")
-                keep = np.r_[0: self.max_length - 1, len(ids) - 1]  # keep the final [SEP]
-                ids, types = ids[keep], types[keep]
+            self.check_length(len(ids), f"inputs[{i}]", " (pass truncation=true to cut it)")
             features.append(Feature(ids, types if self.model.cfg.type_vocab_size else None))
         return features, list(range(len(features)))
 

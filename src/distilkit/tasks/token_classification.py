@@ -44,8 +44,8 @@ class TokenClassification(Task):
     Params = TokenClassificationParams
 
     def __call__(self, inputs: str | list[str], **params: Any):
-        single = isinstance(inputs, str)
-        results = self.run([inputs] if single else list(inputs), **params)
+        inputs, single = self.batch_of(inputs)
+        results = self.run(inputs, **params)
         return results[0] if single else results
 
     def featurize(self, inputs, p):

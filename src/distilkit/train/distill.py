@@ -12,24 +12,25 @@ chosen teacher layers (student_layers), from an existing checkpoint (student), o
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import gzip
 import io
 import json
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator, Literal, Sequence
 
 import numpy as np
 import torch
 import torch.distributed as dist
+from pydantic import Field, field_validator, model_validator
 from torch import Tensor, nn
 
 from .distill_losses import hidden_cosine, masked_lm, soft_target_kl, span_kl
 from .finetune import DEFAULT_METRICS, FinetuneConfig, build_features, flat_metrics, read_split, recipe_main, score
+from ..progress import progress as make_progress
 from .loop import fit, init_distributed, seed_everything
+from .rundir import run_recipe
 from .losses import forward, sequence_loss, span_loss, token_loss
 
 TASK_HEADS = {
@@ -40,43 +41,60 @@ TASK_HEADS = {
 }
 
 
-@dataclass
 class DistillConfig(FinetuneConfig):
     """Fine-tuning's options (data, loop) plus the teacher, the student and the loss weights.
     `model` is unused: the student comes from `teacher` + `student_layers`, or from `student`."""
 
-    task: str = "masked-lm"  # masked-lm (general distillation) or a fine-tuning task (task distillation)
-    teacher: str = ""  # the teacher checkpoint (for task distillation: fine-tuned on the task)
-    student: str | None = None  # start from this checkpoint instead of teacher layers
-    student_layers: list[int] | None = None  # teacher layers to copy, e.g. [0, 2, 4, 7, 9, 11]
-    student_n_layers: int | None = None  # or a count (every other layer); default half the teacher
-    student_family: str | None = None  # distilbert: drop token types (BERT teacher); default the teacher's
-    temperature: float = 2.0
-    alpha_ce: float | None = None  # soft-target KL weight; default 5.0 general, 0.5 task (the papers' recipes)
-    alpha_mlm: float = 2.0  # general: masked-LM loss weight
-    alpha_cos: float = 1.0  # general: hidden-state cosine weight
-    alpha_task: float = 0.5  # task: the hard-label task loss weight
-    mlm_probability: float = 0.15
-    mlm_smoothing: float = 0.7  # masking weights counts ** -smoothing, as DistilBERT; 0: uniform
-    restrict_ce_to_mask: bool = False  # general: KL only on the masked tokens (cheaper) instead of all
-    text_column: str = "text"  # general: the text column of JSONL/CSV files
-    shards_dir: str | None = None  # general: where the token shards go (default output_dir/shards)
-    teacher_precision: str = "auto"  # auto (bf16 where supported) | fp32 | bf16
-    model: str = ""
+    task: Literal["masked-lm", "text-classification", "token-classification", "question-answering"] = Field(
+        "masked-lm", description="masked-lm (general distillation) or a fine-tuning task (task distillation)")
+    teacher: str = Field(..., min_length=1, description="the teacher checkpoint (for task distillation: "
+                         "fine-tuned on the task); required")
+    student: str | None = Field(None, description="start from this checkpoint instead of teacher layers")
+    student_layers: list[int] | None = Field(None, description="teacher layers to copy, ascending, e.g. "
+                                             "[0, 2, 4, 7, 9, 11]")
+    student_n_layers: int | None = Field(None, ge=1, description="or a count (every other layer); default half "
+                                         "the teacher")
+    student_family: Literal["distilbert", "bert", "roberta"] | None = Field(
+        None, description="distilbert: drop token types (BERT teacher); default the teacher's")
+    temperature: float = Field(2.0, gt=0)
+    alpha_ce: float | None = Field(None, ge=0, description="soft-target KL weight; default 5.0 general, 0.5 task "
+                                   "(the papers' recipes)")
+    alpha_mlm: float = Field(2.0, ge=0, description="general: masked-LM loss weight")
+    alpha_cos: float = Field(1.0, ge=0, description="general: hidden-state cosine weight")
+    alpha_task: float = Field(0.5, ge=0, description="task: the hard-label task loss weight")
+    mlm_probability: float = Field(0.15, gt=0, lt=1)
+    mlm_smoothing: float = Field(0.7, ge=0, description="masking weights counts ** -smoothing, as DistilBERT; "
+                                 "0: uniform")
+    restrict_ce_to_mask: bool = Field(False, description="general: KL only on the masked tokens (cheaper) "
+                                      "instead of all")
+    text_column: str = Field("text", description="general: the text column of JSONL/CSV files")
+    shards_dir: str | None = Field(None, description="general: where the token shards go (default "
+                                   "output_dir/shards)")
+    teacher_precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="auto: bf16 where supported")
+    model: str = Field("", description="unused by distillation")
 
-    def __post_init__(self):
-        if self.task not in TASK_HEADS:
-            raise ValueError(f"task must be one of {', '.join(TASK_HEADS)}, got {self.task!r}")
-        if not self.teacher:
-            raise ValueError("teacher is required: the teacher model directory or hub id")
-        if not self.train_file:
-            raise ValueError("train_file is required")
-        if self.temperature <= 0:
-            raise ValueError(f"temperature must be positive, got {self.temperature}")
+    @field_validator("student_layers")
+    @classmethod
+    def _layers(cls, layers: list[int] | None) -> list[int] | None:
+        if layers is None:
+            return None
+        if not layers:
+            raise ValueError("empty: name at least one teacher layer, or leave the option out")
+        if any(i < 0 for i in layers):
+            raise ValueError("teacher layers are numbered from 0")
+        if len(set(layers)) != len(layers):
+            raise ValueError("each teacher layer at most once")
+        if layers != sorted(layers):
+            raise ValueError("list the teacher layers in ascending order")
+        return layers
+
+    @model_validator(mode="after")
+    def _derive(self) -> "DistillConfig":
         if self.alpha_ce is None:
             self.alpha_ce = 5.0 if self.task == "masked-lm" else 0.5
         if self.metric is None and self.task != "masked-lm":
             self.metric = DEFAULT_METRICS[self.task]
+        return self
 
 
 # ---------------------------------------------------------------------- the teacher
@@ -228,19 +246,29 @@ def build_student(cfg: DistillConfig, teacher: nn.Module, head: str, id2label: d
     from .student import make_student
 
     if cfg.student:
-        return load_model(cfg.student, head=head, id2label=id2label)
+        from ..checkpoint import resolve
+        from .finetune import check_head
+
+        path = resolve(cfg.student)
+        if id2label:
+            check_head(path, head, [id2label[i] for i in sorted(id2label)], "the teacher's labels")
+        return load_model(path, head=head, id2label=id2label, fresh_head=True)
     layers = cfg.student_layers if cfg.student_layers is not None else cfg.student_n_layers
     return make_student(teacher, layers, family=cfg.student_family)
 
 
-def distill(cfg: DistillConfig, resume: bool | str = False) -> dict[str, Any]:
-    """Run the recipe. Returns {"output_dir", "steps", ..., "comparison"} (teacher vs student)."""
+def distill(cfg: DistillConfig, resume: bool | str = False, allow_changes: bool = False) -> dict[str, Any]:
+    """Run the recipe. Returns {"output_dir", "steps", ..., "comparison"} (teacher vs student).
+    resume and allow_changes as for `finetune`."""
+    return run_recipe(cfg, resume, allow_changes, "distill_config.json", _distill)
+
+
+def _distill(cfg: DistillConfig, out: Path, d, resume: Path | bool, allow_changes: bool) -> dict[str, Any]:
     from ..checkpoint import load_model, resolve, save_pretrained
     from ..data.collate import feature_lengths, pad_batch
     from ..pipelines import pipeline
     from ..tokenizer import Tokenizer
 
-    d = init_distributed()
     seed_everything(cfg.seed)
     head = TASK_HEADS[cfg.task]
     teacher_model = load_model(cfg.teacher, head=head)
@@ -277,13 +305,9 @@ def distill(cfg: DistillConfig, resume: bool | str = False) -> dict[str, Any]:
         def evaluate(m: nn.Module) -> dict[str, float]:
             return flat_metrics(score(cfg, pipeline(cfg.task, model=m, tokenizer=tokenizer), valid))
 
-    out = Path(cfg.output_dir).expanduser()
-    if d.main:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "distill_config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2) + "\n")
     result = fit(student, features, collate, loss_fn, cfg, lengths=lengths,
                  evaluate=evaluate if valid else None, save=lambda m, p: save_pretrained(m, p, tokenizer),
-                 resume=resume)
+                 resume=resume, allow_changes=allow_changes)
     final = result.best_dir or out / "final"
     if result.best_dir is None and d.main:
         save_pretrained(_unwrap(student), final, tokenizer)
@@ -309,10 +333,12 @@ def compare(cfg: DistillConfig, teacher_dir: Path, student_dir: Path, records: l
     rows = {}
     for name, path in (("teacher", teacher_dir), ("student", student_dir)):
         task = pipeline(cfg.task, model=path, device="cpu")
-        n_params = sum(p.numel() for p in task.model.parameters())
-        t = time.perf_counter()
-        metrics = score(cfg, task, records)
-        seconds = time.perf_counter() - t
+        n_params = count_parameters(path)
+        with make_progress(total=len(records), desc=f"compare {name}", unit="examples",
+                           mode=None if cfg.progress else "none") as bar:
+            t = time.perf_counter()
+            metrics = score(cfg, task, records, bar)
+            seconds = time.perf_counter() - t
         one = records[0]
         single = {"question": one["question"], "context": one["context"]} if cfg.task == "question-answering" else \
             (one["text"] if "text" in one else " ".join(one["tokens"]))
@@ -332,6 +358,14 @@ def compare(cfg: DistillConfig, teacher_dir: Path, student_dir: Path, records: l
         key: s["metrics"][key] / t["metrics"][key] if t["metrics"][key] else None,
     }
     return rows
+
+
+def count_parameters(path: Path) -> int:
+    """The checkpoint's own parameters (tied weights once), read from a fresh load: a pipeline's
+    model is a runtime view whose prepacked linear layers are no longer parameters."""
+    from ..checkpoint import load_model
+
+    return sum(p.numel() for p in load_model(path).parameters())
 
 
 def format_comparison(c: dict[str, Any]) -> str:

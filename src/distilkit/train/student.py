@@ -11,13 +11,15 @@ from __future__ import annotations
 import torch
 
 from ..config import ModelConfig
+from ..errors import InputError
 from ..heads import Model, init_weights
 
 
 def default_layers(n_teacher: int, n_student: int) -> list[int]:
     """Every other layer from the bottom: 12 -> 6 gives [0, 2, 4, 6, 8, 10]; 6 -> 3 gives [0, 2, 4]."""
     if not 0 < n_student <= n_teacher:
-        raise ValueError(f"a student needs 1..{n_teacher} layers, got {n_student}")
+        raise InputError(f"student_n_layers: a student of this {n_teacher}-layer teacher has 1..{n_teacher} "
+                         f"layers, got {n_student}", "student_n_layers")
     step = n_teacher / n_student
     return [int(i * step) for i in range(n_student)]
 
@@ -53,8 +55,10 @@ def make_student(teacher: Model, layers: list[int] | int | None = None, family: 
         layers = max(1, n_teacher // 2)
     if isinstance(layers, int):
         layers = default_layers(n_teacher, layers)
-    if any(not 0 <= i < n_teacher for i in layers):
-        raise ValueError(f"layer indices must be in 0..{n_teacher - 1}, got {layers}")
+    outside = [i for i in layers if not 0 <= i < n_teacher]
+    if not layers or outside:
+        raise InputError(f"student_layers {layers}: the teacher has {n_teacher} layers, numbered 0..{n_teacher - 1}"
+                         + (f" ({', '.join(map(str, outside))} out of range)" if outside else ""), "student_layers")
     cfg = student_config(teacher.cfg, len(layers), family)
     student = Model(cfg, teacher.head_name)
     init_weights(student, cfg.initializer_range)

@@ -1,10 +1,11 @@
-"""Record files for the batch job: JSON Lines, CSV/TSV (either optionally gzipped) and Parquet.
+"""Record sources: JSON Lines, CSV/TSV (either optionally gzipped) and Parquet input files.
 
 Readers stream `Item`s, each one record's address in its file (byte offset or row), line number
 and undecoded payload, so memory stays bounded whatever the file size and a resumed job can skip
 records without decoding them. `decode` turns a payload into a dict or the reason it cannot be one.
 `items(..., start=...)` begins at a record's address, so one chunk can be read on its own (the Ray
-engine's workers do). Output: `write_output` joins decoded result rows into JSONL, CSV or Parquet.
+engine's workers do). A UTF-8 byte-order mark at the start of a text file is not part of its first
+record, in every text format.
 """
 
 from __future__ import annotations
@@ -12,16 +13,15 @@ from __future__ import annotations
 import csv
 import glob
 import gzip
-import hashlib
 import json
 import os
-import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, Callable, Iterable, Iterator, NamedTuple
+from typing import IO, Any, Iterable, Iterator, NamedTuple
 
 INPUT_FORMATS = ("jsonl", "csv", "tsv", "parquet")
-OUTPUT_FORMATS = ("jsonl", "csv", "parquet")
+BOM = "\ufeff"
+_BOM_BYTES = BOM.encode("utf-8")
 _SUFFIXES = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl", ".csv": "csv", ".tsv": "tsv",
              ".parquet": "parquet", ".pq": "parquet"}
 
@@ -92,27 +92,6 @@ def expand_inputs(patterns: str | Iterable[str], override: str | None = None,
     return out
 
 
-def output_format(path: str | os.PathLike) -> str:
-    suffix = Path(path).suffix.lower()
-    fmt = _SUFFIXES.get(suffix)
-    if fmt not in OUTPUT_FORMATS:
-        raise ValueError(f"cannot tell the output format of {path}: name it .jsonl, .csv or .parquet")
-    return fmt
-
-
-def fingerprint(path: Path, window: int = 1 << 20) -> dict[str, Any]:
-    """Size and a SHA-256 of the first and last MiB: cheap on a 10 GB file, and it changes when a file
-    is appended to, truncated, replaced or rewritten (an edit of the same length mid-file is missed)."""
-    size = path.stat().st_size
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        h.update(f.read(window))
-        if size > window:
-            f.seek(max(window, size - window))
-            h.update(f.read(window))
-    return {"size": size, "sha256_head_tail": h.hexdigest()}
-
-
 # ---------------------------------------------------------------------------------- reading
 def items(src: Source, columns: Iterable[str] | None = None, start: int | None = None, line: int = 1) -> Iterator[Item]:
     """The records of one file in order, from the record at `start` (its `Item.start`, with its
@@ -160,7 +139,7 @@ def csv_header(src: Source) -> list[str]:
         reader = csv.reader(_text_lines(f, [0, 0]), delimiter=_delimiter(src))
         for row in reader:
             if row:
-                if row[0].startswith("\ufeff"):
+                if row[0].startswith(BOM):
                     row[0] = row[0][1:]
                 return row
     return []
@@ -207,6 +186,8 @@ def _jsonl_items(src: Source, start: int | None, line: int) -> Iterator[Item]:
             line += 1
             here = offset
             offset += len(b)
+            if here == 0 and b.startswith(_BOM_BYTES):  # Windows editors write one; it is not data
+                b = b[len(_BOM_BYTES):]
             if not b.strip():  # blank lines are not records
                 continue
             yield Item(here, line, min(1.0, (raw.tell() if src.gzipped else offset) / size), b)
@@ -282,64 +263,3 @@ def require_pyarrow():
     except ImportError:
         raise ImportError("Parquet needs pyarrow: pip install 'distilkit[parquet]'") from None
     return pyarrow
-
-
-# ---------------------------------------------------------------------------------- writing
-def atomic_write(path: Path, write: Callable[[IO], None], mode: str = "w") -> None:
-    """Write beside `path`, fsync, rename over it and fsync the folder: readers (and a rerun after
-    a kill) see the old file or the whole new one, never a part."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    kwargs = {"encoding": "utf-8", "newline": ""} if "b" not in mode else {}
-    with open(tmp, mode, **kwargs) as f:
-        write(f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
-
-
-def fsync_dir(path: Path) -> None:
-    if sys.platform == "win32":  # pragma: no cover - folders cannot be opened there
-        return
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def id_text(value: Any) -> str:
-    return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, default=str)
-
-
-class OutputWriter:
-    """Result rows {"id", "result"} -> a JSONL, CSV or Parquet file. JSONL lines pass through as
-    they are; CSV and Parquet get two columns, `id` and `result` (the task result as JSON text)."""
-
-    def __init__(self, f: IO, fmt: str, int_ids: bool):
-        self.f, self.fmt = f, fmt
-        if fmt == "csv":
-            self.csv = csv.writer(f, lineterminator="\n")
-            self.csv.writerow(["id", "result"])
-        elif fmt == "parquet":
-            pa = require_pyarrow()
-            self.schema = pa.schema([("id", pa.int64() if int_ids else pa.string()), ("result", pa.string())])
-            self.parquet = pa.parquet.ParquetWriter(f, self.schema)
-
-    def write(self, lines: list[str]) -> None:
-        """`lines`: JSON texts of {"id": ..., "result": ...}, one per record, without newlines."""
-        if self.fmt == "jsonl":
-            self.f.write("".join(line + "\n" for line in lines))
-            return
-        rows = [json.loads(line) for line in lines]
-        if self.fmt == "csv":
-            self.csv.writerows([id_text(r["id"]), json.dumps(r["result"], ensure_ascii=False)] for r in rows)
-            return
-        pa = require_pyarrow()
-        ids = [r["id"] if self.schema.field("id").type == pa.int64() else id_text(r["id"]) for r in rows]
-        results = [json.dumps(r["result"], ensure_ascii=False) for r in rows]
-        self.parquet.write_table(pa.table({"id": ids, "result": results}, schema=self.schema))
-
-    def close(self) -> None:
-        if self.fmt == "parquet":
-            self.parquet.close()
