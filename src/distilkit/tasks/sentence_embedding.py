@@ -32,13 +32,6 @@ ST_FILES = ("modules.json", "sentence_bert_config.json", "config_sentence_transf
 class SentenceEmbeddingParams(FeatureExtractionParams):
     truncation: bool = True  # texts past max_length are cut, as sentence-transformers cuts them
 
-    def __post_init__(self):
-        super().__post_init__()
-        if self.pooling == "none":
-            raise InputError(
-                "sentence-embedding needs a pooling (mean, cls, max or mean_sqrt_len): this model folder has no "
-                "sentence-transformers pooling config, so pass pooling= (and normalize=) to pipeline()", "pooling")
-
 
 def _read(file: Path) -> dict:
     try:
@@ -84,6 +77,17 @@ class SentenceEmbedding(FeatureExtraction):
     name = "sentence-embedding"
     Params = SentenceEmbeddingParams
     folder_options = staticmethod(folder_options)
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.featurize([], self.params())  # refuse a model folder without pooling at construction
+
+    def featurize(self, inputs, p):
+        if p.pooling == "none":
+            raise InputError(
+                "sentence-embedding needs a pooling (mean, cls, max or mean_sqrt_len): without a sentence-transformers "
+                "pooling config in the model folder, pass pooling= (and normalize=) to pipeline()", "pooling")
+        return super().featurize(inputs, p)
 
     def __call__(self, inputs: Any, **params: Any):
         """One text -> its vector as a list of floats; a list -> a list of vectors."""
