@@ -79,3 +79,19 @@ def test_too_long_without_truncation(cross_encoder):
     with pytest.raises(InputError) as e:
         pipeline("text-ranking", model=cross_encoder())(QUERY, DOCS, truncation=False)
     assert e.value.field == "texts[4]"
+
+
+def test_refuses_a_checkpoint_without_a_classifier(checkpoint):
+    with pytest.raises(ValueError, match="head"):
+        pipeline("text-ranking", model=checkpoint("bert", "question-answering"))
+    with pytest.raises(ValueError, match="head"):
+        pipeline("text-ranking", model=checkpoint("bert", None))
+
+
+def test_queries_batched_together_equal_one_by_one(cross_encoder, one_thread):
+    p = pipeline("text-ranking", model=cross_encoder())
+    items = [{"query": QUERY, "texts": DOCS[:3]}, {"query": "Who sits?", "texts": DOCS[2:]}]
+    assert p.run(items, return_text=True) == [p(x["query"], x["texts"], return_text=True) for x in items]
+    with pytest.raises(InputError) as e:
+        p.run([items[0], {"query": "q", "texts": ["a", ""]}])
+    assert e.value.field == "inputs[1].texts[1]"

@@ -97,3 +97,5 @@ def test_bad_inputs(nli, bad, field):
 def test_refuses_a_model_without_entailment(checkpoint):
     with pytest.raises(ValueError, match="entailment"):
         pipeline("zero-shot-classification", model=checkpoint("distilbert", "sequence-classification"))
+    with pytest.raises(ValueError, match="head"):  # never a freshly initialised classifier
+        pipeline("zero-shot-classification", model=checkpoint("distilbert", "question-answering"))
