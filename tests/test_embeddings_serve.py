@@ -140,6 +140,10 @@ def test_score_route_and_metrics(embed_server, embedder):
     np.testing.assert_allclose(single, embedder.encode(TEXTS[0]), atol=1e-6)
     bad = embed_server.post("/score", {"input_data": TEXTS, "parameters": {"pooling": "median"}})
     assert bad.status_code == 422 and bad.json()["field"] == "parameters.pooling"
+    spec = httpx.get(embed_server.url + "/openapi.json").json()
+    assert {"/embed", "/v1/embeddings", "/score"} <= set(spec["paths"])
+    embed_server.post("/embed", {"inputs": "a"})
+    embed_server.post("/v1/embeddings", {"input": "a"})
     metrics = httpx.get(embed_server.url + "/metrics").text
     assert 'route="/embed"' in metrics and 'route="/v1/embeddings"' in metrics
 
@@ -171,6 +175,7 @@ def test_rerank_tei_shapes(rank_server, ranker):
     catalog = rank_server.post("/score", {"input_data": [{"query": "Where?", "texts": TEXTS}],
                                           "parameters": {"top_k": 1}}).json()
     assert len(catalog) == 1 and catalog[0][0]["index"] == with_text[0]["index"]
+    assert "/rerank" in httpx.get(rank_server.url + "/openapi.json").json()["paths"]
 
 
 @pytest.mark.parametrize("body,field", [
