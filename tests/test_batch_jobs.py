@@ -269,3 +269,53 @@ def test_sigkill_during_the_final_join_then_rerun_gives_the_uninterrupted_output
     assert out.read_bytes() == clean.output.read_bytes()
     assert read_jsonl(report.errors_path) == read_jsonl(clean.errors_path)
     assert not list(tmp_path.glob(".out.jsonl.tmp-*"))
+
+
+# ------------------------------------------------------------------------------ Ray
+def _has_ray() -> bool:
+    try:
+        import ray.data  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _family(root: int) -> set[int]:
+    from distilkit.batch.engine_ray import _descendants
+
+    return _descendants(root)
+
+
+@pytest.mark.slow  # a local Ray instance takes ~30 s to start on 2 cores, twice
+@pytest.mark.skipif(not _has_ray(), reason="Ray Data is not installed (pip install 'distilkit[ray]')")
+def test_ray_is_quiet_and_a_killed_driver_leaves_no_ray_processes(tmp_path, qa_model):
+    records = qa_records(24)
+    src = write_jsonl(tmp_path / "in.jsonl", records)
+    out = tmp_path / "out.jsonl"
+    args = ["--input", str(src), "--output", str(out), "--task", "qa", "--model", str(qa_model), "--chunk-size", "4",
+            "--engine", "ray", "--ray-actors", "1", "--progress", "none"]
+    proc = subprocess.Popen(cli(*args), env=ENV, stderr=subprocess.DEVNULL)
+    seen: set[int] = set()
+
+    def watchdog_and_workers():
+        seen.update(_family(proc.pid))
+        names = [Path(f"/proc/{p}/cmdline").read_bytes() for p in seen if Path(f"/proc/{p}/cmdline").exists()]
+        return any(b"distilkit.batch.engine_ray" in n for n in names) and any(b"raylet" in n for n in names)
+
+    wait_until(watchdog_and_workers, proc, "Ray instance and watchdog", timeout=240)
+    time.sleep(3)  # the actor starts too
+    seen.update(_family(proc.pid))
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    deadline = time.monotonic() + 60
+    while {p for p in seen if Path(f"/proc/{p}").exists() and "Z" not in Path(f"/proc/{p}/stat").read_text()
+           .rsplit(")", 1)[1].split()[:1]}:
+        assert time.monotonic() < deadline, "Ray processes outlived the killed driver by a minute"
+        time.sleep(0.5)
+
+    done = subprocess.run(cli(*args[:-2], "--progress", "lines"), env=ENV, stderr=subprocess.PIPE, timeout=600)
+    err = done.stderr.decode()
+    assert done.returncode == 0, err
+    assert "core_worker" not in err and "Token authentication" not in err and "WARNING" not in err, err
+    assert "Ray's own log lines go to" in err
+    assert [r["id"] for r in read_jsonl(out)] == [r["id"] for r in records]

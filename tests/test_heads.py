@@ -212,3 +212,11 @@ def test_bench_refuses_a_checkpoint_without_its_head(qa_without_head, capsys):
     err = capsys.readouterr().err.strip()
     assert e.value.code == 2 and "Traceback" not in err
     assert err.splitlines()[-1].startswith("distilkit bench: error: ") and "qa_outputs.weight" in err
+
+
+def test_predict_debug_shows_the_traceback(checkpoint, monkeypatch, capsys):
+    from distilkit.cli import main
+
+    monkeypatch.setattr("sys.stdin", __import__("io").StringIO(json.dumps({"inputs": "My name is John."})))
+    with pytest.raises(CheckpointError, match="no task head"):
+        main(["predict", "token-classification", "--model", str(checkpoint("bert", None)), "--debug"])

@@ -50,26 +50,35 @@ def test_the_summary_of_a_run_that_counted_nothing_has_no_rate():
     assert "/s" not in summary
 
 
-def test_resumed_work_and_time_before_the_clock_restarts_are_not_this_runs_rate():
+def test_resumed_work_and_time_before_the_clock_restarts_are_not_this_runs_rate(monkeypatch):
+    import distilkit.progress as module
+
+    now = [100.0]
+    monkeypatch.setattr(module.time, "monotonic", lambda: now[0])  # a clock the test moves
     p = Progress(1000, "job", "records", initial=900, mode="none")
-    time.sleep(0.05)
+    now[0] += 30  # loading the model
     p.restart_clock()
     assert p.rate is None and p.counted == 0
+    now[0] += 5
     p.update(50)
-    assert p.counted == 50 and p.n == 950
-    assert p.rate == pytest.approx(50 / p.elapsed, rel=0.5)
-    assert p.eta == pytest.approx(50 / p.rate, rel=0.5)
+    assert (p.counted, p.n, p.rate, p.eta) == (50, 950, 10.0, 5.0)  # 50 in 5 s; 50 left
+    assert p.wall == 35.0 and p.elapsed == 5.0
+    assert p.summary().startswith("job: done: 50 records in 35.0s (10.0 records/s), 900 resumed")
 
 
-def test_eta_from_the_share_of_input_read_when_the_total_is_unknown():
+def test_eta_from_the_share_of_input_read_when_the_total_is_unknown(monkeypatch):
+    import distilkit.progress as module
+
+    now = [100.0]
+    monkeypatch.setattr(module.time, "monotonic", lambda: now[0])
     p = Progress(None, "job", "records", mode="none")
     p.set_fraction(0.5)  # skipped (already done) before anything was counted: not this run's progress
     assert p.eta == float("inf")
+    now[0] += 8
     p.update(10)
     p.set_fraction(0.75)
-    # a quarter of the input in `elapsed` seconds: another quarter to go
-    assert p.eta == pytest.approx(p.elapsed * 0.25 / 0.25, rel=0.2)
-    assert p.status().startswith("job: 75% 10 records | ")
+    assert p.eta == 8.0  # a quarter of the input in 8 s: another quarter to go
+    assert p.status() == "job: 75% 10 records | 1.2 records/s | elapsed 00:08 | ETA 00:08"
 
 
 def test_a_terminal_gets_a_tqdm_bar_and_messages_do_not_break_it():
@@ -127,3 +136,12 @@ def test_updates_from_many_threads_all_count():
         w.join()
     p.close()
     assert p.n == 8000
+
+
+def test_the_bar_estimates_the_total_from_the_share_that_holds_a_known_count():
+    tty = Terminal()
+    with progress(None, "job", "records", stream=tty) as p:
+        p.set_fraction(0.25, count=10)  # 10 records are a quarter of the input...
+        p.update(14)  # ...and 4 more are done in the next, unfinished piece
+        p.close()
+    assert "14/40" in tty.getvalue()

@@ -288,6 +288,7 @@ def test_overrides_before_or_after_flags_and_did_you_mean(capsys, tmp_path):
     assert (printed["model"], printed["epochs"]) == ("X", 1)
     err = one_line_error(capsys, main([str(ROOT / "configs/emotion.yaml"), "learning_rate=1", "--print-config"]))
     assert "unknown option 'learning_rate' (did you mean 'lr'?)" in err
+    assert "option 'train_file' is required (in the recipe or as train_file=...)" in one_line_error(capsys, main([]))
     with pytest.raises(ValueError, match="did you mean 'epochs'"):
         FinetuneConfig.load(ROOT / "configs/emotion.yaml", ["epoch=2"])
     with pytest.raises(ValueError, match="precision\n  Input should be 'auto', 'fp32', 'bf16' or 'fp16'"):

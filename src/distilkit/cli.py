@@ -55,6 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mode", default="fp32", choices=MODES, help="run mode (default fp32)")
     p.add_argument("--full", action="store_true",
                    help="question answering: full {score, start, end, answer} objects instead of answer strings")
+    p.add_argument("--debug", action="store_true", help="on an error, the traceback too")
     for name, (module, help_text) in DELEGATED.items():
         if _spec(module):
             sub.add_parser(name, help=help_text, add_help=False)
@@ -121,8 +122,12 @@ def predict(args: argparse.Namespace) -> int:
         results = task.run(inputs, **params)
         print(json.dumps(format_response(args.task, results, shape, params), ensure_ascii=False, indent=2))
     except InputError as e:
+        if args.debug:
+            raise
         return _fail(str(e), "validation_error", e.field)
-    except (ModelNotFoundError, CheckpointError, FileNotFoundError) as e:
+    except (ModelNotFoundError, CheckpointError, OSError, ValueError) as e:  # a model folder that cannot load
+        if args.debug:
+            raise
         return _fail(str(e), "model_error")
     return 0
 

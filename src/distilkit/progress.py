@@ -2,8 +2,8 @@
 
 On a terminal a tqdm bar (count, rate, ETA) redrawn at least every second; in a pipe or a log a
 plain line at the start and then every `interval` seconds, with no `\\r`; at the end of every job
-one summary line. The rate counts only this run's work since the clock started, so resumed work
-(`initial`) and model loading do not skew it.
+one summary line. The rate counts only this run's work since the clock started (`restart_clock`),
+so resumed work (`initial`) and model loading do not skew it; elapsed times are the job's own.
 
     with progress(total=1000, desc="batch", unit="records") as p:
         for chunk in work:
@@ -74,6 +74,7 @@ class Progress:
         self.total = total
         self.n = self.initial = self._n0 = int(initial)  # _n0: the count when the clock started
         self.fraction = self._fraction0 = 0.0
+        self._fraction_count: int | None = None  # units in `fraction` of the input, when told
         self.postfix: dict[str, Any] = {}
         self._t0 = self._started = time.monotonic()
         self._lock = threading.RLock()
@@ -110,9 +111,12 @@ class Progress:
                 self._bar.total = total
                 self._bar.refresh()
 
-    def set_fraction(self, fraction: float) -> None:
-        """Share of the input consumed (bytes read), for an ETA while the total count is unknown."""
+    def set_fraction(self, fraction: float, count: int | None = None) -> None:
+        """Share of the input consumed (bytes read), for an ETA while the total count is unknown;
+        `count`: the units that share holds, when the count runs ahead of it (work in flight)."""
         with self._lock:
+            if fraction >= self.fraction and count is not None:
+                self._fraction_count = count
             self.fraction = max(self.fraction, min(float(fraction), 1.0))
             if self.n == self._n0:  # nothing counted yet this run: skipped input is not this run's work
                 self._fraction0 = self.fraction
@@ -135,8 +139,13 @@ class Progress:
     # ------------------------------------------------------------------ reading
     @property
     def elapsed(self) -> float:
-        """Seconds since the clock started."""
+        """Seconds since the clock started (what the rate divides by)."""
         return time.monotonic() - self._t0
+
+    @property
+    def wall(self) -> float:
+        """Seconds since the job's display began (what `elapsed` shows and the summary reports)."""
+        return time.monotonic() - self._started
 
     @property
     def counted(self) -> int:
@@ -166,7 +175,7 @@ class Progress:
             rate = self.rate
             parts = [(f"{share:.0%} " if share is not None else "") + f"{count} {self.unit}",
                      f"{rate:,.1f} {self.unit}/s" if rate is not None else f"- {self.unit}/s",
-                     f"elapsed {clock(self.elapsed)}",
+                     f"elapsed {clock(self.wall)}",
                      f"ETA {clock(self.eta)}"]
             parts += [f"{key}={_fmt(value)}" for key, value in self.postfix.items()]
             return (f"{self.desc}: " if self.desc else "") + " | ".join(parts)
@@ -188,9 +197,9 @@ class Progress:
         long, at what rate (left out when this run counted nothing, e.g. a join-only rerun), then
         `text`. Returns the line."""
         self.close()
-        took = f"in {clock(self.elapsed)}" if self.elapsed >= 60 else f"in {self.elapsed:.1f}s"
+        took = f"in {clock(self.wall)}" if self.wall >= 60 else f"in {self.wall:.1f}s"
         line = f"{self.counted:,} {self.unit} {took}"
-        if self.rate is not None:
+        if self.rate is not None:  # over the time since the clock started: model loading left out
             line += f" ({self.rate:,.1f} {self.unit}/s)"
         if self.initial:
             line += f", {self.initial:,} resumed"
@@ -240,7 +249,8 @@ class Progress:
     def _estimate_total(self) -> None:
         # the bar needs a total for its percentage and ETA: estimate it from the share of input read
         if self._bar is not None and self.total is None and self.fraction > 0:
-            self._bar.total = max(self.n, int(round(self.n / self.fraction)))
+            count = self.n if self._fraction_count is None else self._fraction_count
+            self._bar.total = max(self.n, int(round(count / self.fraction)))
 
 
 def _fmt(value: Any) -> str:

@@ -25,8 +25,8 @@ class Tally:
         self.errors = errors
         self.credited: dict[int, int] = {}  # chunk -> records credited before its commit
 
-    def skipped(self, fraction: float) -> None:
-        self.show.set_fraction(fraction)
+    def skipped(self, fraction: float, through: int) -> None:
+        self.show.set_fraction(fraction, through)
 
     def inside(self, prepared: Prepared, share: float) -> None:
         n = int(len(prepared.inputs) * share)  # about how many of its records the model is done with
@@ -36,9 +36,10 @@ class Tally:
             self.show.update(n - before)
 
     def committed(self, header: dict, fraction: float | None) -> None:
+        """`fraction`: of the input read through this chunk, when chunks commit in order."""
         self.errors += header["errors"]
         if fraction is not None:
-            self.show.set_fraction(fraction)
+            self.show.set_fraction(fraction, header["first"] + header["count"])
         self.show.update(header["count"] - self.credited.pop(header["chunk"], 0), errors=self.errors)
 
 
@@ -77,7 +78,7 @@ def run_local(spec: dict, sources, work: Path, done: dict, tally: Tally) -> tupl
             for chunk in iter_chunks(sources, spec["chunk_size"], columns):
                 totals["chunks"], totals["records"] = chunk.index + 1, chunk.first + len(chunk.entries)
                 if chunk.index in done:
-                    tally.skipped(chunk.fraction)
+                    tally.skipped(chunk.fraction, chunk.first + len(chunk.entries))
                     continue
                 if not _put(prepared_q, scorer.prepare(chunk), stop):
                     return

@@ -13,11 +13,14 @@ import json
 import logging
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
 
 from .engine_local import Tally
@@ -25,9 +28,10 @@ from .job import BatchError
 from .parts import Chunk, chunk_segments, commit, iter_chunks, read_segments
 from .scorer import Columns, build_scorer
 
-# Ray's native components log to stderr at info/warning level unless told otherwise (the
-# token-auth notice and core_worker lines a user cannot act on); they read these at start.
-QUIET_ENV = {"RAY_BACKEND_LOG_LEVEL": "error", "RAY_LOG_TO_STDERR": "0", "RAY_DEDUP_LOGS": "1"}
+# Lines Ray writes to the driver's stderr itself: its C++ core worker ("[2026-12-02 05:19:15,527 E
+# 22486 22486] core_worker.cc:2465: ...", at error level for notices a user cannot act on) and
+# Python log records. Setting RAY_BACKEND_LOG_LEVEL only adds a line saying it was set.
+RAY_LINE = re.compile(r"^(\[\d{4}-\d\d-\d\d [\d:,.]+ [DIWEF] \d+ \d+\] |\d{4}-\d\d-\d\d [\d:,.]+\s+(DEBUG|INFO|WARNING|ERROR)\s)")
 
 
 class _RayScorer:
@@ -70,15 +74,18 @@ def run_ray(spec: dict, sources, work: Path, done: dict, tally: Tally, address: 
     levels = {name: log.level for name, log in loggers.items()}
     for log in loggers.values():
         log.setLevel(logging.ERROR)  # our own progress replaces Ray Data's bars and their warnings
+    address = address or os.environ.get("RAY_ADDRESS")
+    diverted = _divert_ray_lines(work / "ray.log")
+    diverted.__enter__()
     try:
         if started:
-            for key, value in QUIET_ENV.items():
-                os.environ.setdefault(key, value)
+            tally.show.write(f"batch: starting Ray{' at ' + address if address else ' on this machine'} "
+                             f"(Ray's own log lines go to {work / 'ray.log'})")
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                ray.init(address=address or os.environ.get("RAY_ADDRESS"), include_dashboard=False,
+                ray.init(address=address, include_dashboard=False,
                          log_to_driver=False, logging_level=logging.ERROR, configure_logging=False)
-            if not (address or os.environ.get("RAY_ADDRESS")):
+            if not address:
                 watchdog = _start_watchdog()
         tally.show.restart_clock()  # records/s counts scoring, not starting Ray
         ctx = ray.data.DataContext.get_current()
@@ -106,7 +113,42 @@ def run_ray(spec: dict, sources, work: Path, done: dict, tally: Tally, address: 
         if watchdog is not None:
             watchdog.terminate()
             watchdog.wait()
+        diverted.__exit__(None, None, None)
     return n_chunks, n_records
+
+
+@contextmanager
+def _divert_ray_lines(log: Path):
+    """Point fd 2 at a pipe for the Ray run: Ray's own lines (`RAY_LINE`) go to `log`, everything
+    else (our progress) on to the real stderr. Ray's C++ code writes to fd 2 directly, so
+    Python-level redirection cannot catch it."""
+    sys.stderr.flush()
+    real = os.dup(2)
+    read, write = os.pipe()
+    os.dup2(write, 2)
+    os.close(write)
+
+    def pump():
+        with open(read, "rb", buffering=0) as pipe, open(log, "ab") as sink:
+            for line in iter(pipe.readline, b""):
+                try:
+                    if RAY_LINE.match(line.decode("utf-8", "replace")):
+                        sink.write(line)
+                        sink.flush()
+                    else:
+                        os.write(real, line)
+                except OSError:
+                    pass  # never block the writers: a lost line beats a hung job
+
+    thread = threading.Thread(target=pump, name="ray-stderr", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(real, 2)  # closes the pipe's last writer: the pump ends
+        thread.join(timeout=5)
+        os.close(real)
 
 
 def _start_watchdog() -> subprocess.Popen | None:
@@ -124,21 +166,33 @@ def _start_watchdog() -> subprocess.Popen | None:
                             stderr=subprocess.DEVNULL)
 
 
-def _session_processes(session: str) -> list[int]:
-    """Processes whose command line names the Ray session's folder: the instance we started."""
-    pids = []
+def _parents() -> dict[int, int]:
+    """pid -> parent pid, for every process we can see."""
+    out = {}
     for entry in Path("/proc").iterdir():
-        if entry.name.isdigit() and int(entry.name) != os.getpid():
+        if entry.name.isdigit():
             try:
-                cmdline = (entry / "cmdline").read_bytes()
+                stat = (entry / "stat").read_text()
             except OSError:
                 continue
-            if session.encode() in cmdline and b"distilkit.batch.engine_ray" not in cmdline:
-                pids.append(int(entry.name))
-    return pids
+            out[int(entry.name)] = int(stat.rsplit(")", 1)[1].split()[1])  # the name may hold spaces
+    return out
+
+
+def _descendants(root: int) -> set[int]:
+    parents = _parents()
+    found, frontier = set(), {root}
+    while frontier:
+        frontier = {pid for pid, parent in parents.items() if parent in frontier} - found
+        found |= frontier
+    return found
 
 
 def _watch(driver: int, session: str) -> None:
+    """While the driver lives, note its descendants (Ray's gcs, raylet, agents, workers: once the
+    driver is gone they are re-parented and the tree is lost); then stop them, and anything else
+    whose command line names the session's folder."""
+    family: set[int] = set()
     while True:
         try:
             os.kill(driver, 0)
@@ -146,14 +200,24 @@ def _watch(driver: int, session: str) -> None:
             break
         except PermissionError:
             pass
+        family = (family | _descendants(driver)) - {os.getpid()}
         time.sleep(0.5)
     for sig in (signal.SIGTERM, signal.SIGKILL):
-        for pid in _session_processes(session):
+        alive = family & set(_parents())
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit() and int(entry.name) != os.getpid():
+                try:
+                    if session.encode() in (entry / "cmdline").read_bytes():
+                        alive.add(int(entry.name))
+                except OSError:
+                    continue
+        for pid in alive:
             try:
                 os.kill(pid, sig)
             except (ProcessLookupError, PermissionError):
                 pass
-        time.sleep(2.0)
+        if alive and sig == signal.SIGTERM:
+            time.sleep(2.0)  # a chance to exit cleanly before SIGKILL
 
 
 if __name__ == "__main__":  # the watchdog: python -m distilkit.batch.engine_ray DRIVER_PID SESSION_DIR

@@ -192,7 +192,8 @@ def window_candidates(start: np.ndarray, end: np.ndarray, allowed: np.ndarray, t
     null = float(start[0] * end[0])
     start[0] = end[0] = 0.0  # position 0 ([CLS]) is never an answer span
     # (T, T) span scores with end >= start and end - start < max_answer_len.
-    candidates = np.tril(np.triu(np.outer(start, end)), max_answer_len - 1)
+    # (a max_answer_len past the window changes nothing, and numpy cannot take one past a C long)
+    candidates = np.tril(np.triu(np.outer(start, end)), min(max_answer_len, len(start)) - 1)
     flat = candidates.ravel()
     if top_k == 1:
         order = np.array([np.argmax(flat)])

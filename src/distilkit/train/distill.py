@@ -26,12 +26,12 @@ import torch.distributed as dist
 from pydantic import Field, field_validator, model_validator
 from torch import Tensor, nn
 
+from ..progress import progress as make_progress
 from .distill_losses import hidden_cosine, masked_lm, soft_target_kl, span_kl
 from .finetune import DEFAULT_METRICS, FinetuneConfig, build_features, flat_metrics, read_split, recipe_main, score
-from ..progress import progress as make_progress
 from .loop import fit, init_distributed, seed_everything
-from .rundir import run_recipe
 from .losses import forward, sequence_loss, span_loss, token_loss
+from .rundir import run_recipe
 
 TASK_HEADS = {
     "masked-lm": "masked-lm",

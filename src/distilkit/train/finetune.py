@@ -20,9 +20,9 @@ from pydantic import Field, model_validator
 import torch.distributed as dist
 from torch import nn
 
-from .loop import fit, init_distributed, seed_everything
 from ..errors import InputError
 from ..progress import progress as make_progress
+from .loop import fit, init_distributed, seed_everything
 from .options import TrainOptions, build_config, options_help
 from .rundir import run_recipe
 

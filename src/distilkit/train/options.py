@@ -96,7 +96,9 @@ def describe(error: ValidationError) -> str:
     for e in error.errors():
         msg = e["msg"].removeprefix("Value error, ")
         loc = ".".join(str(x) for x in e["loc"])
-        if loc:
+        if loc and e["type"] == "missing":
+            msg = f"option {loc!r} is required (in the recipe or as {loc}=...)"
+        elif loc:
             msg = f"option {loc!r}: {msg} (got {e['input']!r})"
         parts.append(msg)
     return "; ".join(parts)
