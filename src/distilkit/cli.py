@@ -21,7 +21,8 @@ DELEGATED = {
     "export": ("distilkit.export", "export a model to ONNX"),
     "bench": ("distilkit.bench", "measure each run mode's speed for a model on this machine"),
 }
-TASK_NAMES = ["question-answering", "fill-mask", "text-classification", "token-classification"]
+TASK_NAMES = ["question-answering", "fill-mask", "text-classification", "token-classification", "feature-extraction",
+              "sentence-embedding", "text-embedding", "zero-shot-classification", "text-ranking"]
 
 
 def _spec(module: str) -> bool:

@@ -231,7 +231,14 @@ def evaluate(model: Any, task: str, data: str | Path, *, format: str = "auto", c
     task = ALIASES.get(task, task)
     started = time.perf_counter()
     pipe = pipeline(task, model=model, tokenizer=tokenizer, mode=mode)
-    if task == "fill-mask":
+    if task == "sentence-embedding":  # retrieval of each SQuAD question's own context (metrics/retrieval.py)
+        from .metrics.retrieval import evaluate_sentence_embedding
+
+        records = read_records("question-answering", data, format, columns, select)[:limit]
+        if not records:
+            raise ValueError(f"no records in {data}")
+        metrics, n = evaluate_sentence_embedding(pipe, records), len(records)
+    elif task == "fill-mask":
         texts = read_texts(data, (columns or {}).get("text", "text"), select)[:limit]
         with make_progress(total=None, desc="evaluate", unit="masked tokens", mode=progress) as bar:
             metrics = evaluate_fill_mask(pipe, texts, mask_fraction, max_seq_len or 128, seed, progress=bar)
@@ -295,11 +302,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         prog="distilkit evaluate",
         description="Score a model with the official metrics: SQuAD v1.1/v2.0 EM/F1 (question-answering), "
                     "entity F1 (token-classification), accuracy/macro-F1 (text-classification), top-k accuracy and "
-                    "pseudo-perplexity (fill-mask).")
+                    "pseudo-perplexity (fill-mask), recall@1/5/10 and MRR@10 of each SQuAD question's own context "
+                    "(sentence-embedding).")
     parser.add_argument("--model", required=True, help="local directory or hub id")
     parser.add_argument("--task", required=True,
                         choices=["question-answering", "token-classification", "text-classification", "fill-mask",
-                                 "qa", "ner", "sentiment-analysis"])
+                                 "sentence-embedding", "qa", "ner", "sentiment-analysis", "text-embedding"])
     parser.add_argument("--data", required=True, help="SQuAD JSON, CoNLL file, text;label file, JSONL/CSV, "
                                                       "or dataset:split with --format hf")
     parser.add_argument("--format", default="auto", help="auto | text-label | conll | squad | jsonl | csv | hf")

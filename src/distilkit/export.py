@@ -23,13 +23,15 @@ from .errors import InputError
 from .heads import Model
 from .quantize import DEFAULT_EXAMPLES, calibration_batches, quantize_onnx_static, quantize_openvino
 from .runtime_onnx import EXPORT_META, FILES
+from .tasks.sentence_embedding import ST_FILES
 
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt",
                     "vocab.json", "merges.txt")
 
 
 class _Logits(nn.Module):
-    """The model with a flat signature: named tensors in, logits out."""
+    """The model with a flat signature: named tensors in, logits out (a bare encoder's "logits"
+    are its last hidden state, (B, T, dim), which the embedding tasks pool)."""
 
     def __init__(self, model: Model, with_types: bool, with_positions: bool):
         super().__init__()
@@ -39,7 +41,8 @@ class _Logits(nn.Module):
         rest = list(rest)
         types = rest.pop(0) if self.with_types else None
         positions = rest.pop(0) if self.with_positions else None
-        return self.model(input_ids, attention_mask, types, positions=positions).logits
+        out = self.model(input_ids, attention_mask, types, positions=positions)
+        return out.logits if out.logits is not None else out.last_hidden_state
 
 
 def export_onnx(model: str | Path, out: str | Path, head: str | None = "auto", int8: bool = False,
@@ -114,8 +117,6 @@ def export_openvino(model: str | Path, out: str | Path, head: str | None = "auto
 def _load(model: str | Path, head: str | None) -> tuple[Path, Model]:
     src = resolve(model)
     m = load_model(src, head=head).eval()
-    if m.head_name is None:
-        raise ValueError("export needs a model with a task head (masked-lm, question-answering, ...)")
     return src, m
 
 
@@ -154,10 +155,19 @@ def _trace(m: Model, path: Path, opset: int) -> list[str]:
 
 def _write_meta(src: Path, m: Model, out: Path, model: str | Path, meta: dict) -> None:
     (out / "config.json").write_text(json.dumps(m.cfg.to_hf(m.cfg.architecture(m.head_name)), indent=2) + "\n")
-    for name in _TOKENIZER_FILES:
+    for name in _TOKENIZER_FILES + ST_FILES:
         if (src / name).is_file():
             shutil.copy(src / name, out / name)
+    for module in _st_module_dirs(src):  # a sentence-transformers folder's pooling config, for the embedding tasks
+        shutil.copytree(src / module, out / module, dirs_exist_ok=True)
     (out / EXPORT_META).write_text(json.dumps({"head": m.head_name, **meta, "source": str(model)}, indent=2) + "\n")
+
+
+def _st_module_dirs(src: Path) -> list[str]:
+    """The module folders (1_Pooling, ...) a sentence-transformers modules.json names."""
+    if not (src / "modules.json").is_file():
+        return []
+    return [m["path"] for m in json.loads((src / "modules.json").read_text()) if m.get("path") and (src / m["path"]).is_dir()]
 
 
 @contextlib.contextmanager

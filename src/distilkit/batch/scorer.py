@@ -33,6 +33,8 @@ class Columns:
     question: str = "question"
     context: str = "context"
     id: str | None = None  # None: the record's "id" if it has one, else its position
+    query: str = "query"
+    texts: str = "texts"  # a list of strings: the texts a text-ranking query ranks
 
     def for_task(self, task: str) -> dict[str, str]:
         """Task input key -> column, for the fields this task reads."""
@@ -40,6 +42,8 @@ class Columns:
             return {"question": self.question, "context": self.context}
         if task == "text-classification" and self.text_pair:
             return {"text": self.text, "text_pair": self.text_pair}
+        if task == "text-ranking":
+            return {"query": self.query, "texts": self.texts}
         return {"text": self.text}
 
     def needed(self, task: str) -> list[str]:
@@ -128,9 +132,12 @@ class Scorer:
             if value is None:
                 why = f"missing field {column!r}" if column not in record else f"field {column!r} is null"
                 return rid, None, why, column
-            if not isinstance(value, str):
+            if key == "texts":  # text-ranking: a list of texts; the task checks each one
+                if not isinstance(value, list) or not value:
+                    return rid, None, f"field {column!r} must be a non-empty list of strings", column
+            elif not isinstance(value, str):
                 return rid, None, f"field {column!r} must be a string, got {type(value).__name__}", column
-            if not value.strip():
+            elif not value.strip():
                 return rid, None, f"field {column!r} is empty", column
             values[key] = value
         x = values if len(values) > 1 else values["text"]
@@ -211,10 +218,10 @@ def dumps(obj: Any) -> str:
 
 
 def _json_default(x: Any):
-    if hasattr(x, "item"):  # numpy scalars
-        return x.item()
-    if hasattr(x, "tolist"):
+    if hasattr(x, "tolist"):  # numpy scalars and arrays (embeddings)
         return x.tolist()
+    if hasattr(x, "item"):
+        return x.item()
     return str(x)  # dates and the like, from Parquet ids
 
 

@@ -18,7 +18,7 @@ from typing import IO, Any, Callable
 from .sources import require_pyarrow
 
 SUFFIXES = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl", ".csv": "csv", ".parquet": "parquet",
-            ".pq": "parquet"}
+            ".pq": "parquet", ".npy": "npy"}
 INT64 = (-(2**63), 2**63 - 1)
 
 
@@ -99,25 +99,86 @@ class CsvSink(Sink):
         self.csv.writerows([id_text(r["id"]), json.dumps(r["result"], ensure_ascii=False)] for r in rows)
 
 
+def is_vector(result: Any) -> bool:
+    """A pooled embedding: a non-empty flat list of numbers (no other task's result is one)."""
+    return isinstance(result, list) and bool(result) and all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) for v in result)
+
+
 class ParquetSink(Sink):
-    """Two columns: `id` (int64 when every id fits, else string) and `result` (JSON text)."""
+    """Two columns: `id` (int64 when every id fits, else string) and `result`: JSON text, or for
+    embeddings a fixed-size list of float32 (what vector stores and pyarrow/pandas read as arrays).
+    The first scored record decides; every record of a job has the same kind of result."""
 
     binary = True
 
     def __init__(self, f: IO, int_ids: bool):
         super().__init__(f, int_ids)
-        self.pa = pa = require_pyarrow()
-        self.schema = pa.schema([("id", pa.int64() if int_ids else pa.string()), ("result", pa.string())])
-        self.parquet = pa.parquet.ParquetWriter(f, self.schema)
+        self.pa = require_pyarrow()
+        self.parquet = None
+        self.dim: int | None = None
+
+    def _open(self, first: Any) -> None:
+        pa = self.pa
+        self.dim = len(first) if is_vector(first) else None
+        result = pa.list_(pa.float32(), self.dim) if self.dim else pa.string()
+        self.schema = pa.schema([("id", pa.int64() if self.int_ids else pa.string()), ("result", result)])
+        self.parquet = pa.parquet.ParquetWriter(self.f, self.schema)
 
     def write(self, lines: list[str]) -> None:
         rows = [json.loads(line) for line in lines]
+        if not rows:
+            return
+        if self.parquet is None:
+            self._open(rows[0]["result"])
         ids = [r["id"] if self.int_ids else id_text(r["id"]) for r in rows]
-        results = [json.dumps(r["result"], ensure_ascii=False) for r in rows]
+        if self.dim:
+            results = [r["result"] for r in rows]
+            if any(len(v) != self.dim for v in results):
+                raise ValueError(f"embeddings of different sizes in one job (expected {self.dim})")
+        else:
+            results = [json.dumps(r["result"], ensure_ascii=False) for r in rows]
         self.parquet.write_table(self.pa.table({"id": ids, "result": results}, schema=self.schema))
 
     def close(self) -> None:
+        if self.parquet is None:  # no scored record: an empty file of the plain schema
+            self._open(None)
         self.parquet.close()
 
 
-SINKS: dict[str, type[Sink]] = {"jsonl": JsonlSink, "csv": CsvSink, "parquet": ParquetSink}
+class NpySink(Sink):
+    """Embeddings as one .npy structured array, fields `id` (int64, else text) and `embedding`
+    (float32, (dim,)): `np.load(path)["embedding"]` is the (N, dim) matrix, row i of record
+    `["id"][i]` (bad records are left out, so rows need their ids). The array is built in memory
+    (N x dim x 4 bytes) and written at the end."""
+
+    binary = True
+
+    def __init__(self, f: IO, int_ids: bool):
+        super().__init__(f, int_ids)
+        self.ids: list = []
+        self.vectors: list = []
+
+    def write(self, lines: list[str]) -> None:
+        for line in lines:
+            row = json.loads(line)
+            if not is_vector(row["result"]):
+                raise ValueError(".npy holds embeddings (sentence-embedding, or feature-extraction with a pooling); "
+                                 "write other results to .jsonl, .csv or .parquet")
+            self.ids.append(row["id"] if self.int_ids else id_text(row["id"]))
+            self.vectors.append(row["result"])
+
+    def close(self) -> None:
+        import numpy as np
+
+        dim = len(self.vectors[0]) if self.vectors else 0
+        width = max((len(i) for i in self.ids), default=1) if not self.int_ids else 0
+        dtype = np.dtype([("id", np.int64 if self.int_ids else f"U{width}"), ("embedding", np.float32, (dim,))])
+        out = np.empty(len(self.ids), dtype=dtype)
+        if self.ids:
+            out["id"] = self.ids
+            out["embedding"] = np.asarray(self.vectors, dtype=np.float32)
+        np.save(self.f, out, allow_pickle=False)
+
+
+SINKS: dict[str, type[Sink]] = {"jsonl": JsonlSink, "csv": CsvSink, "parquet": ParquetSink, "npy": NpySink}

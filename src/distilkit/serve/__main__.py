@@ -33,7 +33,8 @@ def build_parser(prog: str = "distilkit serve") -> argparse.ArgumentParser:
     p.add_argument("--model", default=None,
                    help="local directory or hub id (default: $DISTILKIT_MODEL, else the task's default checkpoint)")
     p.add_argument("--task", required=True,
-                   help="fill-mask | question-answering | text-classification | token-classification")
+                   help="fill-mask | question-answering | text-classification | token-classification | "
+                        "feature-extraction | sentence-embedding | zero-shot-classification | text-ranking")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0 for every interface)")
     p.add_argument("--port", type=int, default=8000, help="port to listen on")
     p.add_argument("--mode", default=d.mode, choices=MODES,

@@ -87,7 +87,13 @@ def check_limits(inputs: list, max_inputs: int, max_text_chars: int) -> None:
         raise ApiError(422, "too_many_inputs", f"{len(inputs)} inputs, over the limit of {max_inputs} per request",
                        "inputs")
     for i, x in enumerate(inputs):
-        texts = x.items() if isinstance(x, dict) else [("", x)]
+        texts = list(x.items()) if isinstance(x, dict) else [("", x)]
+        for key, value in list(texts):
+            if isinstance(value, list):  # text-ranking's texts: each one a model input
+                if len(value) > max_inputs:
+                    raise ApiError(422, "too_many_inputs", f"{len(value)} texts, over the limit of {max_inputs} "
+                                   "per request", f"inputs[{i}].{key}")
+                texts += [(f"{key}[{j}]", text) for j, text in enumerate(value)]
         for key, text in texts:
             if isinstance(text, str) and len(text) > max_text_chars:
                 where = f"inputs[{i}]" + (f".{key}" if key else "")

@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
 import time
 from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass, field
@@ -98,6 +97,8 @@ def error_response(status: int, error_type: str, message: str, field: str | None
 
 
 def warmup_inputs(task: Any) -> list:
+    if hasattr(task, "warmup_inputs"):  # the tasks whose inputs need more than a text
+        return task.warmup_inputs()
     name = task_name(task.name)
     if name == "fill-mask":
         return [f"The model is {task.tokenizer.mask_token} up."]
@@ -182,7 +183,7 @@ def create_app(config: ServeConfig, task: Any | None = None) -> FastAPI:
                 max_batch_tokens=config.max_batch_tokens or t.max_tokens, max_batch_size=config.max_batch_size,
                 max_wait_s=config.max_wait_ms / 1000, max_queue=config.max_queue, metrics=state.metrics)
             await state.batcher.start()
-            await state.batcher.call(lambda: t.run(warmup_inputs(t)))
+            await state.batcher.call(lambda: t.run(warmup_inputs(t), **getattr(t, "warmup_params", {})))
             state.ready = True
             state.metrics.ready.set(1)
             log.info("model ready: task=%s model=%s", name, config.model)
@@ -208,7 +209,8 @@ def create_app(config: ServeConfig, task: Any | None = None) -> FastAPI:
     known_routes = {"/", "/health", "/ready", "/info", "/metrics", "/score", pipeline_route, "/docs", "/openapi.json"}
     # Added first, so inside the metrics: the 503 it sends at the end of the grace period is counted.
     app.add_middleware(GraceMiddleware, register=lambda m: setattr(state, "grace", m))
-    app.add_middleware(QueueGate, state=state, routes={"/score", pipeline_route})
+    scoring_routes = {"/score", pipeline_route}
+    app.add_middleware(QueueGate, state=state, routes=scoring_routes)
     app.add_middleware(MetricsMiddleware, metrics=state.metrics, routes=known_routes)
 
     # ------------------------------------------------------------------ errors
@@ -298,17 +300,17 @@ def create_app(config: ServeConfig, task: Any | None = None) -> FastAPI:
             params_cache[key] = p
         return params_cache[key]
 
-    async def score(request: Request, pipeline_only: bool) -> Response:
+    async def handle(request: Request, parse) -> Response:
+        """Every scoring route (/score, the pipeline route, /embed, /rerank, /v1/embeddings): auth ->
+        JSON -> body -> parse(body) -> limits -> budget -> the batcher, which renders on the model
+        thread. parse(body) -> (inputs, params, render); render(results) -> the answer's JSON value."""
         authorize(request, config.api_key)
         require_json(request)
         t, batcher = state.require_ready()
         try:  # QueueGate admitted this request before its body was read; the slot is given back below
             body = await read_json(request, config.max_body_bytes, config.timeout_s)
             state.metrics.parsed.inc()
-            try:
-                inputs, params, shape = parse_request(name, body, pipeline_only=pipeline_only)
-            except InputError as e:
-                raise ApiError(422, "invalid_request", str(e), e.field) from None
+            inputs, params, render = parse(body)
             check_limits(inputs, config.max_inputs, config.max_text_chars)
             cost = t.cost(inputs, task_params(t, params))
             check_budget(cost, config.max_request_tokens, config.max_response_items, config.max_response_bytes)
@@ -318,7 +320,7 @@ def create_app(config: ServeConfig, task: Any | None = None) -> FastAPI:
         try:
             rendered = await batcher.submit(
                 inputs, params, timeout=config.timeout_s, is_disconnected=request.is_disconnected,
-                costs=list(cost.per_input), finish=lambda results: render_json(format_response(name, results, shape, params)))
+                costs=list(cost.per_input), finish=lambda results: render_json(render(results)))
         except QueueFull:
             raise ApiError(503, "queue_full", "too many requests are waiting; retry shortly",
                            headers={"Retry-After": "1"}) from None
@@ -333,6 +335,16 @@ def create_app(config: ServeConfig, task: Any | None = None) -> FastAPI:
         finally:
             state.metrics.in_flight.dec()
         return Response(rendered, media_type="application/json")
+
+    async def score(request: Request, pipeline_only: bool) -> Response:
+        def parse(body: Any):
+            try:
+                inputs, params, shape = parse_request(name, body, pipeline_only=pipeline_only)
+            except InputError as e:
+                raise ApiError(422, "invalid_request", str(e), e.field) from None
+            return inputs, params, lambda results: format_response(name, results, shape, params)
+
+        return await handle(request, parse)
 
     responses: dict[int | str, dict[str, Any]] = {
         400: {"model": ErrorBody, "description": "Malformed JSON"},
@@ -358,6 +370,11 @@ def create_app(config: ServeConfig, task: Any | None = None) -> FastAPI:
     async def pipeline_route_fn(request: Request):
         return await score(request, pipeline_only=True)
 
+    from .embeddings import add_routes  # TEI's /embed and /rerank, OpenAI's /v1/embeddings
+
+    added = add_routes(app, state, handle)
+    scoring_routes.update(added)  # the queue gate admits them too (it holds this set)
+    known_routes.update(added)
     install_openapi(app, name, ["/score", pipeline_route], state, config.api_key is not None)
     install_docs(app)
     return app

@@ -16,6 +16,7 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.responses import HTMLResponse
 from pydantic import TypeAdapter
 
+from .. import schemas_embed
 from ..schemas import example_requests, request_schema
 
 ASSETS = "/docs-assets"
@@ -111,4 +112,5 @@ SCORE_DOC = {
     "text-classification": 'Catalog: `{"input_data": ["I love it", {"text": "a", "text_pair": "b"}]}` -> one '
                            '`{label, score}` per input (a sorted list per input when `top_k` is given).',
     "token-classification": 'Catalog: `{"input_data": ["My name is Wolfgang"]}` -> one list of entities per input.',
+    **{task: spec["doc"] for task, spec in schemas_embed.TASKS.items()},
 }

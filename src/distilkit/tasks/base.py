@@ -99,12 +99,13 @@ class Task:
         outputs = self.forward(features)
         return self.decode(list(inputs), features, owners, outputs, p)
 
-    def forward(self, features: Sequence[Feature]) -> list[np.ndarray]:
+    def forward(self, features: Sequence[Feature], max_batch: int | None = None) -> list[np.ndarray]:
         """Model outputs per feature, unpadded: (T, ...) token-level, (C,) sequence-level, or
-        (N, V) for the N positions a masked-LM task asked for."""
+        (N, V) for the N positions a masked-LM task asked for. max_batch: rows per pass, if fewer
+        than the task's."""
         results: list[np.ndarray | None] = [None] * len(features)
         lengths = [len(f.input_ids) for f in features]
-        for group in plan(lengths, self.max_tokens, self.max_batch):
+        for group in plan(lengths, self.max_tokens, min(max_batch or self.max_batch, self.max_batch)):
             batch = collate([features[i] for i in group], self.tokenizer.pad_token_id)
             positions = self.positions(batch)
             logits = self.runtime.forward(batch, positions)
