@@ -218,3 +218,34 @@ def test_zero_shot_and_feature_extraction_score_routes(classifier, checkpoint):
         assert server.post("/embed", {"inputs": "a"}).status_code == 404  # no embedding routes for this task
     finally:
         server.close()
+
+
+def test_the_new_tasks_count_their_real_cost_against_the_budget(classifier, checkpoint, ranker):
+    """Zero-shot runs one pair per label, ranking one per text, and unpooled features answer
+    every token's vector: each is refused at admission when that, not the input count, is over."""
+    zs = pipeline("zero-shot-classification", model=classifier("distilbert", {0: "contradiction", 1: "entailment"}))
+    server = LocalServer(zs, max_request_tokens=200)
+    try:
+        labels = [f"label {i}" for i in range(40)]
+        few = server.post("/score", {"input_data": TEXTS[:1], "parameters": {"candidate_labels": labels[:2]}})
+        assert few.status_code == 200, few.text
+        many = server.post("/score", {"input_data": TEXTS[:1], "parameters": {"candidate_labels": labels}})
+        assert many.status_code == 422 and many.json()["error_type"] == "over_budget", many.text
+    finally:
+        server.close()
+    server = LocalServer(ranker, max_request_tokens=200, max_inputs=64)
+    try:
+        assert server.post("/rerank", {"query": "Where?", "texts": TEXTS}).status_code == 200
+        got = server.post("/rerank", {"query": "Where?", "texts": [TEXTS[0]] * 40})
+        assert got.status_code == 422 and got.json()["error_type"] == "over_budget", got.text
+    finally:
+        server.close()
+    fe = pipeline("feature-extraction", model=checkpoint("distilbert", None))
+    server = LocalServer(fe, max_response_bytes=20_000)
+    try:
+        pooled = server.post("/score", {"input_data": [LONG[:300]], "parameters": {"pooling": "mean"}})
+        assert pooled.status_code == 200, pooled.text
+        unpooled = server.post("/score", {"input_data": [LONG[:300]]})
+        assert unpooled.status_code == 422 and unpooled.json()["error_type"] == "over_budget", unpooled.text
+    finally:
+        server.close()
