@@ -239,14 +239,12 @@ def create_app(config: ServeConfig, task: Any | None = None) -> FastAPI:
     async def index() -> HTMLResponse:
         return HTMLResponse(page)
 
-    @app.api_route("/health", methods=["GET", "HEAD"], response_model=Status, tags=["ops"],
-                   summary="Liveness: the process answers")
+    @app.get("/health", response_model=Status, tags=["ops"], summary="Liveness: the process answers")
     async def health():
         return {"status": "alive"}
 
-    @app.api_route("/ready", methods=["GET", "HEAD"], response_model=Status, tags=["ops"],
-                   summary="Readiness: the model is loaded and warmed",
-                   responses={503: {"model": Status, "description": "Loading, draining or failed"}})
+    @app.get("/ready", response_model=Status, tags=["ops"], summary="Readiness: the model is loaded and warmed",
+             responses={503: {"model": Status, "description": "Loading, draining or failed"}})
     async def ready():
         if state.failure is not None:
             return JSONResponse({"status": "failed", "detail": state.failure}, 503)
@@ -255,6 +253,11 @@ def create_app(config: ServeConfig, task: Any | None = None) -> FastAPI:
         if not state.ready:
             return JSONResponse({"status": "loading", "detail": None}, 503, headers={"Retry-After": "1"})
         return {"status": "ready", "detail": None}
+
+    # HEAD answers like GET (load balancers probe with it), outside the OpenAPI document: one
+    # route with both methods gives the two operations the same id.
+    app.head("/health", include_in_schema=False)(health)
+    app.head("/ready", include_in_schema=False)(ready)
 
     @app.get("/info", summary="Model, task, limits, compute budget and version", tags=["ops"])
     async def info() -> dict[str, Any]:
