@@ -31,7 +31,7 @@ from .distill_losses import hidden_cosine, masked_lm, soft_target_kl, span_kl
 from .finetune import DEFAULT_METRICS, FinetuneConfig, build_features, flat_metrics, read_split, recipe_main, score
 from .loop import fit, init_distributed, seed_everything
 from .losses import forward, sequence_loss, span_loss, token_loss
-from .rundir import run_recipe
+from .rundir import read_json, run_recipe
 
 TASK_HEADS = {
     "masked-lm": "masked-lm",
@@ -220,7 +220,7 @@ def general_data(cfg: DistillConfig, tokenizer, vocab_size: int):
     shards_dir = Path(cfg.shards_dir or Path(cfg.output_dir) / "shards").expanduser()
     stamp = {"source": str(src.resolve()), "size": src.stat().st_size, "mtime": src.stat().st_mtime,
              "max_length": cfg.max_seq_len, "vocab_size": vocab_size, "column": cfg.text_column}
-    if d.main and _read_json(shards_dir / "source.json") != stamp:
+    if d.main and read_json(shards_dir / "source.json") != stamp:
         build_shards(iter_texts(src, cfg.text_column), tokenizer, shards_dir, cfg.max_seq_len)
         (shards_dir / "source.json").write_text(json.dumps(stamp))
     if dist.is_initialized():
@@ -231,13 +231,6 @@ def general_data(cfg: DistillConfig, tokenizer, vocab_size: int):
         special = [i for i in (tokenizer.cls_token_id, tokenizer.sep_token_id, tokenizer.pad_token_id) if i is not None]
         probs = smoothed_token_probs(shards.token_counts(vocab_size), special, cfg.mlm_smoothing)
     return shards, probs
-
-
-def _read_json(path: Path):
-    try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
 
 
 # ---------------------------------------------------------------------- the recipe

@@ -93,7 +93,7 @@ def start(cfg: Options, out: Path, resume: bool | str | os.PathLike, d: Dist, co
             raise InputError(f"--resume-from {checkpoint}: not a checkpoint (no trainer_state.json)", "resume")
     state = json.loads((checkpoint / "trainer_state.json").read_text())
     # Older checkpoints do not carry their options: the run's saved config then stands in for them.
-    saved = state.get("options") or _read_json(out / config_name) or _read_json(checkpoint.parents[1] / config_name)
+    saved = state.get("options") or read_json(out / config_name) or read_json(checkpoint.parents[1] / config_name)
     if saved is None:
         print(f"warning: {checkpoint} does not record its options: cannot check them against this run's",
               file=sys.stderr)
@@ -128,7 +128,8 @@ def run_recipe(cfg: Options, resume: bool | str | os.PathLike, allow_changes: bo
         return body(cfg, out, d, checkpoint or False, allow_changes)
 
 
-def _read_json(path: Path) -> Any:
+def read_json(path: Path) -> Any:
+    """A JSON file's value, or None when it is absent or unreadable."""
     try:
         return json.loads(path.read_text())
     except (OSError, json.JSONDecodeError):
