@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import warnings
 
 import numpy as np
 import pytest
@@ -174,3 +175,27 @@ def test_calibrated_int8_export_is_statically_quantized(checkpoint, tmp_path):
     fp32, int8 = pipeline("token-classification", model=out), pipeline("token-classification", model=out, mode="int8")
     a, b = fp32.run(CORPUS[:3]), int8.run(CORPUS[:3])
     assert [len(r) for r in a] == [len(r) for r in b]
+
+
+@pytest.mark.parametrize("saturates", [True, False])
+def test_int8_weights_keep_7_bits_where_int8_sums_saturate(checkpoint, tmp_path, monkeypatch, saturates):
+    """x86 without VNNI/AMX adds u8 x s8 product pairs in int16: the export quantizes the weights
+    to 7 bits there, records it, and an export made for VNNI warns when loaded on such a CPU."""
+    import onnx
+    from onnx import numpy_helper
+
+    import distilkit.export as export_module
+    import distilkit.runtime_onnx as runtime_onnx
+
+    monkeypatch.setattr(export_module, "int8_sums_saturate", lambda: saturates)
+    out = export_onnx(checkpoint("bert", "sequence-classification"), tmp_path / "onnx", int8=True)
+    meta = json.loads((out / "distilkit_export.json").read_text())
+    assert meta["int8_reduce_range"] is saturates
+    graph = onnx.load(str(out / "model.int8.onnx")).graph
+    weights = [numpy_helper.to_array(t) for t in graph.initializer if t.data_type == onnx.TensorProto.INT8]
+    assert weights and max(int(np.abs(w.astype(np.int32)).max()) for w in weights) == (64 if saturates else 127)
+    monkeypatch.setattr(runtime_onnx, "int8_sums_saturate", lambda: True)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        pipeline("text-classification", model=out, mode="int8")
+    assert any("saturate" in str(w.message) for w in caught) is not saturates

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from .checkpoint import load_model, resolve
+from .cpu import int8_sums_saturate
 from .errors import InputError
 from .heads import Model
 from .quantize import DEFAULT_EXAMPLES, calibration_batches, quantize_onnx_static, quantize_openvino
@@ -55,6 +56,10 @@ def export_onnx(model: str | Path, out: str | Path, head: str | None = "auto", i
     out = Path(out)
     names = _trace(m, out / FILES["fp32"], opset)
     files = [FILES["fp32"]]
+    # On a CPU whose int8 kernels add product pairs in int16 (x86 without VNNI or AMX) the weights
+    # keep 7 bits, as ONNX Runtime advises, or large products saturate: logits 9% off fp32's on a
+    # tiny random model (tests/test_export.py). Recorded, so that a VNNI machine's export warns here.
+    reduce_range = int8 and int8_sums_saturate()
     if int8:
         from onnxruntime.quantization import QuantType, quantize_dynamic
 
@@ -63,20 +68,21 @@ def export_onnx(model: str | Path, out: str | Path, head: str | None = "auto", i
             batches = calibration_batches(m, m.head_name, calibrate, calibrate_limit,
                                           with_positions="positions" in names, tokenizer=src)
             with _quiet_root_log("pre-processing before quantization"):
-                quantize_onnx_static(untied, out / FILES["int8"], batches)
+                quantize_onnx_static(untied, out / FILES["int8"], batches, reduce_range)
         else:
             with _quiet_root_log("pre-processing before quantization"):
                 # The quantizer advises ONNX Runtime's quant_pre_process first (for static quantization);
                 # on this graph it made the dynamic int8 model slower, as did ONNX Runtime's transformer
                 # optimizer, whose fused ops the session's own optimizations already give.
                 quantize_dynamic(str(untied), str(out / FILES["int8"]), weight_type=QuantType.QInt8,
-                                 op_types_to_quantize=["MatMul", "Gemm"], per_channel=True)
+                                 op_types_to_quantize=["MatMul", "Gemm"], per_channel=True, reduce_range=reduce_range)
         untied.unlink()
         files.append(FILES["int8"])
     for name in files:
         _external_weights(out / name)
     _write_meta(src, m, out, model, {"files": files, "inputs": names, "opset": opset,
-                                     "int8": None if not int8 else "static" if calibrate is not None else "dynamic"})
+                                     "int8": None if not int8 else "static" if calibrate is not None else "dynamic",
+                                     "int8_reduce_range": reduce_range})
     return out
 
 

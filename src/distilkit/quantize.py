@@ -72,8 +72,10 @@ def quantize_openvino(model, batches: list[dict[str, np.ndarray]]):
                          subset_size=len(batches))
 
 
-def quantize_onnx_static(src: Path, dst: Path, batches: list[dict[str, np.ndarray]]) -> None:
-    """ONNX Runtime's static quantization of the matrix products with constant weights."""
+def quantize_onnx_static(src: Path, dst: Path, batches: list[dict[str, np.ndarray]],
+                         reduce_range: bool = False) -> None:
+    """ONNX Runtime's static quantization of the matrix products with constant weights (7-bit
+    weights with reduce_range, for CPUs whose int8 kernels add product pairs in int16)."""
     from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
                                           quantize_static)
 
@@ -85,7 +87,8 @@ def quantize_onnx_static(src: Path, dst: Path, batches: list[dict[str, np.ndarra
             return next(self.items, None)
 
     quantize_static(str(src), str(dst), Reader(), quant_format=QuantFormat.QDQ, op_types_to_quantize=["MatMul", "Gemm"],
-                    per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                    per_channel=True, reduce_range=reduce_range, activation_type=QuantType.QUInt8,
+                    weight_type=QuantType.QInt8,
                     calibrate_method=CalibrationMethod.MinMax,
                     # attention's activation x activation products stay fp32, as in the dynamic model
                     extra_options={"MatMulConstBOnly": True})

@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from .config import ModelConfig
+from .cpu import int8_sums_saturate
 from .errors import InputError
 
 EXPORT_META = "distilkit_export.json"
@@ -46,6 +48,10 @@ class OnnxRuntime:
             have = ", ".join(m for m, f in FILES.items() if f in meta["files"])
             raise InputError(f"{path} is an ONNX export with {have} models, no {mode} one: run mode {mode!r} "
                              f"from the torch checkpoint it was exported from ({meta.get('source')})", "mode")
+        if mode == "int8" and int8_sums_saturate() and not meta.get("int8_reduce_range"):
+            warnings.warn(f"{path}'s int8 model was quantized for CPUs with VNNI or AMX; this CPU adds int8 "
+                          "products in int16, where its large products saturate and its answers drift: export "
+                          "it again on a CPU like this one (the weights then keep 7 bits) or run fp32", stacklevel=3)
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if threads:
