@@ -18,10 +18,14 @@ word masked, text-classification) from ../shared/data, else built-in sentences.
 Exits with 1 when the target (dynamic >= 3x batch-1 throughput, no errors) is missed.
 
     python benchmarks/serve_load.py --storm [--storm-clients 200] [--polite-clients 8] [--max-queue 8]
+        [--pin-client]
 
 A retry storm instead: one server with a small --max-queue, driven in alternating rounds by a
 few polite clients (each waits for its answer) and by many impatient ones that retry 50 ms
 after every 503. Goodput is answers (200) per second; the target is storm >= 70% of polite.
+--pin-client runs this client on the last CPU and the server on the others (its torch threads
+one fewer), so that the storm's own retries, which on a real endpoint come from other machines,
+take no CPU from the server in either round.
 
 Only loopback addresses are used; every loop is bounded in time.
 """
@@ -126,10 +130,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(task: str, model: Path, port: int, extra: list[str], log: Path) -> subprocess.Popen:
+def start_server(task: str, model: Path, port: int, extra: list[str], log: Path,
+                 cpus: set[int] | None = None) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "distilkit.serve", "--task", task, "--model", str(model), "--host", "127.0.0.1",
            "--port", str(port), "--no-access-log", "--log-level", "warning", "--max-queue", "1024", *extra]
-    proc = subprocess.Popen(cmd, stdout=log.open("wb"), stderr=subprocess.STDOUT)
+    pin = (lambda: os.sched_setaffinity(0, cpus)) if cpus else None
+    proc = subprocess.Popen(cmd, stdout=log.open("wb"), stderr=subprocess.STDOUT, preexec_fn=pin)
     deadline = time.monotonic() + 300  # the machine may be shared and loaded
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -246,8 +252,13 @@ async def storm_round(port: int, body_list: list[bytes], clients: int, seconds: 
 
 def storm(args, model: Path, bodies: list[bytes], workdir: Path) -> int:
     port = free_port()
-    flags = ["--max-queue", str(args.max_queue)] + (["--threads", str(args.threads)] if args.threads else [])
-    proc = start_server(args.task, model, port, flags, workdir / "storm.log")
+    cpus = sorted(os.sched_getaffinity(0))
+    server_cpus = set(cpus[:-1]) if args.pin_client and len(cpus) > 1 else None
+    threads = args.threads or (len(server_cpus) if server_cpus else None)
+    flags = ["--max-queue", str(args.max_queue)] + (["--threads", str(threads)] if threads else [])
+    proc = start_server(args.task, model, port, flags, workdir / "storm.log", server_cpus)
+    if server_cpus:
+        os.sched_setaffinity(0, {cpus[-1]})
     try:
         asyncio.run(storm_round(port, bodies, args.polite_clients, args.warmup, 0.05))
         rounds: dict[str, list[dict]] = {"polite": [], "storm": []}
@@ -265,7 +276,8 @@ def storm(args, model: Path, bodies: list[bytes], workdir: Path) -> int:
                         "errors": sum(len(r["errors"]) for r in rs)}
     ratio = result["storm"]["goodput"] / result["polite"]["goodput"] if result["polite"]["goodput"] else 0.0
     print(f"{args.task}, random {args.size}, --max-queue {args.max_queue}, {args.rounds} alternating rounds of "
-          f"{args.duration / args.rounds:g} s, {os.cpu_count()} CPUs, load average "
+          f"{args.duration / args.rounds:g} s, {os.cpu_count()} CPUs"
+          f"{f' (server on {len(server_cpus)}, client on 1)' if server_cpus else ''}, load average "
           f"{' '.join(f'{x:.1f}' for x in os.getloadavg())}")
     for name, clients in (("polite", args.polite_clients), ("storm", args.storm_clients)):
         r = result[name]
@@ -325,6 +337,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--storm-clients", type=int, default=200)
     ap.add_argument("--polite-clients", type=int, default=8)
     ap.add_argument("--max-queue", type=int, default=8, help="the storm server's --max-queue")
+    ap.add_argument("--pin-client", action="store_true",
+                    help="storm: this client on the last CPU, the server on the others (see above)")
     args = ap.parse_args(argv)
 
     workdir = Path(tempfile.mkdtemp(prefix="serve-load-"))

@@ -89,7 +89,28 @@ def test_a_full_queue_refuses_before_reading_the_body(fm):
         with socket.create_connection(("127.0.0.1", fm.port), timeout=10) as s:
             s.sendall(b"POST /score HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n")
             assert s.recv(4096).startswith(b"HTTP/1.1 503")
+        # A refusal whose body was never read leaves the connection usable (keep-alive).
+        with socket.create_connection(("127.0.0.1", fm.port), timeout=10) as s:
+            body = b'{"input_data": ["kept alive [MASK]."]}'
+            s.sendall(b"POST /score HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                      b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+            assert s.recv(4096).startswith(b"HTTP/1.1 503")
+            s.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert s.recv(4096).startswith(b"HTTP/1.1 200")
+        # A client that waits for "100 Continue" may never send its body: refused, then closed.
+        with socket.create_connection(("127.0.0.1", fm.port), timeout=10) as s:
+            s.sendall(b"POST /score HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                      b"Expect: 100-continue\r\nContent-Length: 100\r\n\r\n")
+            raw = recv_all(s)
+            assert raw.startswith(b"HTTP/1.1 503") and b"connection: close" in raw.lower()
+        # The protocol refuses from the raw URL; a percent-encoded path meets the same check in the app.
+        with socket.create_connection(("127.0.0.1", fm.port), timeout=10) as s:
+            s.sendall(b"POST /sc%6fre HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                      b"Content-Length: 100\r\n\r\n")
+            status, err = json_of(s.recv(4096))
+            assert (status, err["error_type"]) == (503, "queue_full")
         assert fm.metric("distilkit_bodies_parsed_total") == parsed
+        assert fm.metric("distilkit_requests_total", route="/score", method="POST", status="503") >= 4
         assert slow.result().status_code == 200 and queued.result().status_code == 200
 
 

@@ -140,7 +140,8 @@ def main(argv: list[str] | None = None) -> int:
 
     server = Server(uvicorn.Config(
         app, host=args.host, port=args.port, log_level=args.log_level, access_log=not args.no_access_log,
-        http=make_protocol(config.header_timeout_s, config.max_connections), timeout_keep_alive=config.keep_alive_s,
+        http=make_protocol(config.header_timeout_s, config.max_connections, state),
+        timeout_keep_alive=config.keep_alive_s,
         # A backstop only: our own timer answers the requests in flight at the grace period first.
         timeout_graceful_shutdown=config.graceful_timeout_s + 0.5, server_header=False, lifespan="on"))
     # uvicorn re-raises the signal it stopped on once it is done; a no-op handler makes a graceful

@@ -127,25 +127,47 @@ class QueueGate:
     and checking their bodies), a scoring POST is refused here, before routing, auth or a byte
     of its body. A refusal costs microseconds: under a retry storm the event loop (and the
     GIL the model thread needs between its operations) stays with the admitted requests.
-    The route gives the slot back (`release`) once its request is queued or refused."""
+    The route gives the slot back (`release`) once its request is queued or refused.
+
+    `refuses` is also what the HTTP protocol asks as soon as a request's headers are in
+    (`protocol.make_protocol`), so that a refusal skips the whole middleware stack; the check
+    here stays for the servers that run the app on another ASGI server."""
 
     def __init__(self, app, state, routes: set[str]):
         self.app, self.state, self.routes = app, state, routes
+        self.raw_routes = {r.encode() for r in routes}
+        state.queue_gate = self
         body = json.dumps(error_body("too many requests are waiting; retry shortly", "queue_full")).encode()
         self.start = {"type": "http.response.start", "status": 503,
                       "headers": [(b"content-type", b"application/json"), (b"retry-after", b"1"),
                                   (b"content-length", str(len(body)).encode())]}
         self.body = {"type": "http.response.body", "body": body}
 
+    def queue_full(self) -> bool:
+        state = self.state
+        return state.batcher is not None and state.batcher.depth + state.admitting >= state.config.max_queue
+
+    def refuses(self, method: bytes, url: bytes) -> bool:
+        """Whether a request, from its method and raw URL alone, is a scoring POST that the queue
+        has no room for (a percent-encoded path is left to the check in the app)."""
+        return method == b"POST" and url.partition(b"?")[0] in self.raw_routes and self.queue_full()
+
+    def count_refusal(self, path: str) -> None:
+        """For a refusal answered by the protocol, which MetricsMiddleware never sees."""
+        self.state.metrics.dropped.inc(reason="queue_full")
+        self.state.metrics.requests.inc(route=path, method="POST", status="503")
+
+    async def _refuse(self, send) -> None:
+        self.state.metrics.dropped.inc(reason="queue_full")
+        await send(self.start)
+        await send(self.body)
+
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http" or scope["method"] != "POST" or scope["path"] not in self.routes:
             return await self.app(scope, receive, send)
+        if self.queue_full():
+            return await self._refuse(send)
         state = self.state
-        if state.batcher is not None and state.batcher.depth + state.admitting >= state.config.max_queue:
-            state.metrics.dropped.inc(reason="queue_full")
-            await send(self.start)
-            await send(self.body)
-            return
         state.admitting += 1
         scope[ADMITTED] = True
         try:

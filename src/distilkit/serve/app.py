@@ -129,6 +129,7 @@ class _State:
         self.failure: str | None = None
         self.started = time.time()
         self.admitting = 0  # scoring requests past the queue check, reading or checking their body
+        self.queue_gate: QueueGate | None = None  # set when Starlette builds the middleware stack
 
     def require_ready(self) -> tuple[Any, MicroBatcher]:
         if self.failure is not None:

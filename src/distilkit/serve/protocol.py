@@ -7,6 +7,10 @@
 - A connection limit that answers JSON: over `max_connections` open connections a request gets
   a 503 `{"error_type": "too_many_connections"}` with Retry-After and the connection is closed
   (uvicorn's `limit_concurrency` does the same count but answers plain text).
+- A full queue refuses a scoring POST as soon as its headers are in, with bytes written here:
+  no ASGI task, no middleware stack (FastAPI's, Starlette's, ours), no access-log line (the
+  metrics count it), and the body is skipped as it arrives. Under a retry storm every
+  refusal's time is taken from the model (`benchmarks/serve_load.py --storm`).
 - Malformed HTTP gets a JSON 400 body instead of uvicorn's plain text.
 """
 
@@ -27,8 +31,10 @@ def error_bytes(status: int, error_type: str, message: str, extra_headers: tuple
     return headers, body
 
 
-def make_protocol(header_timeout_s: float, max_connections: int | None) -> type:
-    """An HttpToolsProtocol class with these limits (uvicorn.Config(http=...) takes a class)."""
+def make_protocol(header_timeout_s: float, max_connections: int | None, state: Any = None) -> type:
+    """An HttpToolsProtocol class with these limits (uvicorn.Config(http=...) takes a class).
+    state: the app's serving state, whose `queue_gate` (once the app has built it) says which
+    requests the queue has no room for."""
 
     async def too_many_connections(scope: Any, receive: Any, send: Any) -> None:
         headers, body = error_bytes(503, "too_many_connections",
@@ -36,6 +42,13 @@ def make_protocol(header_timeout_s: float, max_connections: int | None) -> type:
                                     ((b"retry-after", b"1"),))
         await send({"type": "http.response.start", "status": 503, "headers": headers})
         await send({"type": "http.response.body", "body": body})
+
+    class Answered:
+        """Stands for the request cycle of a request answered here: the parser skips its body."""
+        response_complete = True
+        message_event = asyncio.Event()  # set by uvicorn when the connection goes; nobody waits on it
+
+    answered = Answered()
 
     class Protocol(HttpToolsProtocol):
         _header_timer: asyncio.TimerHandle | None = None
@@ -64,7 +77,11 @@ def make_protocol(header_timeout_s: float, max_connections: int | None) -> type:
 
         def on_headers_complete(self) -> None:
             self._disarm()
+            gate = getattr(state, "queue_gate", None)
             if max_connections is None or len(self.connections) <= max_connections:
+                idle = self.cycle is None or self.cycle.response_complete  # else pipelined: answer in order
+                if idle and gate is not None and gate.refuses(self.parser.get_method(), self.url):
+                    return self._refuse(gate)
                 return super().on_headers_complete()
             # uvicorn picks the app inside on_headers_complete: lend it ours for this request.
             app, self.app = self.app, too_many_connections
@@ -72,6 +89,24 @@ def make_protocol(header_timeout_s: float, max_connections: int | None) -> type:
                 super().on_headers_complete()
             finally:
                 self.app = app
+
+        def _refuse(self, gate) -> None:
+            # A client that waits for "100 Continue" may never send the body the parser would skip.
+            keep_alive = (self.parser.get_http_version() != "1.0" and self.parser.should_keep_alive()
+                          and not self.expect_100_continue)
+            self.cycle = answered
+            content = [STATUS_LINE[503]]
+            headers = [*self.server_state.default_headers, *gate.start["headers"]]
+            if not keep_alive:
+                headers.append((b"connection", b"close"))
+            for name, value in headers:
+                content.extend([name, b": ", value, b"\r\n"])
+            content.extend([b"\r\n", gate.body["body"]])
+            self.transport.write(b"".join(content))
+            gate.count_refusal(self.url.partition(b"?")[0].decode("ascii"))
+            if not keep_alive:
+                self.transport.close()
+            self.on_response_complete()
 
         def on_response_complete(self) -> None:
             super().on_response_complete()
