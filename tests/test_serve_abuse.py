@@ -51,13 +51,33 @@ def test_a_budget_busting_request_is_refused_and_the_next_one_served(fm):
     big = fm.post("/score", {"inputs": "[MASK] " * 500, "parameters": {"top_k": 1000}})
     body = error_of(big, 422, "over_budget", "parameters.top_k")
     assert "500000 results" in body["error"] and "2048" in body["error"]
-    many = fm.post("/score", {"input_data": ["Paris is the [MASK] of France. " * 20] * 20})
-    assert "over the limit of 1024" in error_of(many, 422, "over_budget", "inputs")["error"]
+    many = fm.post("/score", {"input_data": ["Paris is the [MASK] of France. " * 20] * 40})
+    assert "over the limit of 4096" in error_of(many, 422, "over_budget", "inputs")["error"]
     assert fm.metric("distilkit_batch_requests_count") == parsed  # neither reached the model
     small = fm.post("/score", {"inputs": "Paris is the [MASK] of France.", "parameters": {"top_k": 2}})
     assert small.status_code == 200 and len(small.json()) == 2
-    assert fm.get("/info").json()["budget"] == {"max_request_tokens": 1024, "max_response_items": 2048,
+    assert fm.get("/info").json()["budget"] == {"max_request_tokens": 4096, "max_response_items": 2048,
                                                  "max_response_bytes": 4 << 20}
+
+
+def test_the_default_budget_admits_every_real_squad_paragraph(tmp_path, shared_data):
+    """A QA endpoint must take the task's real inputs: every question of SQuAD v2.0 dev (the half in
+    ../shared/data) with its paragraph, windows counted as the server counts them (the real
+    distilbert-base-uncased tokenizer and 512 positions: 384-token windows, stride 128)."""
+    from conftest import make_checkpoint
+    from distilkit import pipeline
+    from distilkit.serve.app import ServeConfig
+
+    model = make_checkpoint(tmp_path, "distilbert", "question-answering",
+                            shared_data / "tokenizers" / "distilbert-base-uncased", max_position_embeddings=512)
+    tc = json.loads((model / "tokenizer_config.json").read_text())
+    (model / "tokenizer_config.json").write_text(json.dumps({**tc, "model_max_length": 512}))
+    qa = pipeline("question-answering", model=model)
+    assert qa.max_length == 512
+    data = json.loads((shared_data / "squad" / "dev-v2.0-half.json").read_text())
+    costs = [qa.cost([{"question": q["question"], "context": p["context"]}], qa.params()).tokens
+             for article in data["data"] for p in article["paragraphs"] for q in p["qas"]]
+    assert len(costs) > 5000 and max(costs) <= ServeConfig().max_request_tokens
 
 
 # ---------------------------------------------------------------------------------------- deadlines
@@ -106,8 +126,8 @@ def test_a_full_queue_refuses_before_reading_the_body(fm):
         # The protocol refuses from the raw URL; a percent-encoded path meets the same check in the app.
         with socket.create_connection(("127.0.0.1", fm.port), timeout=10) as s:
             s.sendall(b"POST /sc%6fre HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                      b"Content-Length: 100\r\n\r\n")
-            status, err = json_of(s.recv(4096))
+                      b"Connection: close\r\nContent-Length: 100\r\n\r\n")
+            status, err = json_of(recv_all(s))
             assert (status, err["error_type"]) == (503, "queue_full")
         assert fm.metric("distilkit_bodies_parsed_total") == parsed
         assert fm.metric("distilkit_requests_total", route="/score", method="POST", status="503") >= 4
