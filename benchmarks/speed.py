@@ -4,7 +4,7 @@ Every engine runs the same DistilBERT-base-sized QA model (random weights: none 
 downloaded here; the compute is the real model's) on the same batches, interleaved round by round
 in one process because the host is noisy; medians and ratios are printed.
 
-    python benchmarks/speed.py [--batch 8] [--tokens 128] [--rounds 5] [--skip-cold] [--compile] [--fp32-study] [--openvino-study]
+    python benchmarks/speed.py [--batch 8] [--tokens 128] [--rounds 5] [--skip-cold | --cold-only] [--compile] [--fp32-study] [--openvino-study]
         [--pause 0.25] [--no-openvino] [--calibrate 128] [--workdir DIR]
 
 Engines: transformers fp32 (reference), distilkit fp32 / bf16 / int8 (torch; plus fp32 without
@@ -100,6 +100,7 @@ def main(argv=None) -> int:
     ap.add_argument("--tokens", type=int, default=128)
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--skip-cold", action="store_true")
+    ap.add_argument("--cold-only", action="store_true", help="only the cold starts (the exports are built or reused)")
     ap.add_argument("--compile", action="store_true", help="add torch.compile'd fp32 and bf16 engines")
     ap.add_argument("--fp32-study", action="store_true", help="profile fp32, measure its ceiling; add an MKL-packed fp32 engine")
     ap.add_argument("--pause", type=float, default=0.25, help="untimed seconds before each engine's turn (0: none)")
@@ -123,6 +124,13 @@ def main(argv=None) -> int:
         ckpt, onnx_dir = tmp / "qa", tmp / "onnx"
     else:
         ckpt, onnx_dir = build(tmp)
+    if args.cold_only:
+        if not args.no_openvino:
+            build_calibrated(ckpt, tmp, args.calibrate)
+        results: dict = {}
+        cold_starts(ckpt, onnx_dir, tmp, args, results)
+        print(json.dumps(results))
+        return 0
     rng = np.random.default_rng(0)
     ids = rng.integers(1000, 20000, size=(args.batch, args.tokens)).astype(np.int64)
     ids[:, 0], ids[:, -1] = 101, 102
@@ -210,21 +218,7 @@ def main(argv=None) -> int:
         linear_share(runtimes["fp32"], batch, cfg, args, roof["float32"])
 
     if not args.skip_cold:
-        print("\ncold start to the first answer (fresh process, median of 3):")
-        snippet = ("from distilkit import pipeline; "
-                   "qa = pipeline('question-answering', model={m!r}, mode={mode!r}); "
-                   "answer = qa(question='Who?', context='Bob is sitting next to Alice.')['answer']; "
-                   "print('answer:', repr(answer), flush=True)")
-        cold = [("torch checkpoint", ckpt, "fp32"), ("exported onnx fp32", onnx_dir, "fp32"),
-                ("exported onnx int8", onnx_dir, "int8")]
-        if not args.no_openvino:  # the first run compiles and caches; the runs measured load the cache
-            cold += [("openvino int8", tmp / "openvino", "int8"), ("openvino bf16", tmp / "openvino", "bf16")]
-        for label, model, mode in cold:
-            cold_start(snippet.format(m=str(model), mode=mode))
-            runs = [cold_start(snippet.format(m=str(model), mode=mode)) for _ in range(3)]
-            answered, exited = (statistics.median(r[i] for r in runs) for i in (0, 1))
-            results[f"cold {label} s"] = answered
-            print(f"  {label:20s} {answered:.2f} s to the answer ({exited:.2f} s to the process's exit)")
+        cold_starts(ckpt, onnx_dir, tmp, args, results)
     print(json.dumps(results))
     return 0
 
@@ -287,6 +281,26 @@ def openvino_study(export: Path, cfg, roof: dict[str, float], rounds: int = 5) -
             print(f"  {B} x {T} {mode:4s}: {wall * 1e3:6.1f} ms, {B * T / wall:6.0f} tok/s; linear layers "
                   f"{products / total:.0%} at {rate:.0f} GOP/s ({rate / roof[gemm]:.0%} of the {gemm} GEMM); "
                   + ", ".join(f"{k} {v / total:.0%}" for v, k in others[:5]))
+
+
+def cold_starts(ckpt: Path, onnx_dir: Path, tmp: Path, args, results: dict) -> None:
+    """A fresh `python -c` process per engine, from launch to the printed answer."""
+    print("\ncold start to the first answer (fresh process, median of 3):")
+    snippet = ("from distilkit import pipeline; "
+               "qa = pipeline('question-answering', model={m!r}, mode={mode!r}); "
+               "answer = qa(question='Who?', context='Bob is sitting next to Alice.')['answer']; "
+               "print('answer:', repr(answer), flush=True)")
+    cold = [("torch checkpoint", ckpt, "fp32"), ("exported onnx fp32", onnx_dir, "fp32"),
+            ("exported onnx int8", onnx_dir, "int8")]
+    if not args.no_openvino:  # the first run compiles and caches; the runs measured load the cache
+        cold += [("openvino fp32", tmp / "openvino", "fp32"), ("openvino int8", tmp / "openvino", "int8"),
+                 ("openvino bf16", tmp / "openvino", "bf16")]
+    for label, model, mode in cold:
+        cold_start(snippet.format(m=str(model), mode=mode))
+        runs = [cold_start(snippet.format(m=str(model), mode=mode)) for _ in range(3)]
+        answered, exited = (statistics.median(r[i] for r in runs) for i in (0, 1))
+        results[f"cold {label} s"] = answered
+        print(f"  {label:20s} {answered:.2f} s to the answer ({exited:.2f} s to the process's exit)")
 
 
 def cold_start(code: str) -> tuple[float, float]:

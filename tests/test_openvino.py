@@ -124,3 +124,13 @@ def test_auto_mode_is_the_policys_choice_on_every_backend(checkpoint, tmp_path):
     cli = subprocess.run([sys.executable, "-m", "distilkit.cli", "predict", "question-answering", "--model", str(src),
                           "--mode", "auto"], input=request, capture_output=True, text=True, timeout=120)
     assert cli.returncode == 0, cli.stderr
+
+
+def test_the_runtime_imports_openvino_without_its_converter():
+    """A cold start skips openvino.tools.ovc (the converter and its telemetry); whoever asks for
+    openvino.convert_model later still gets it."""
+    code = ("import sys; from distilkit.runtime_openvino import import_openvino; ov = import_openvino(); "
+            "assert 'openvino.tools.ovc' not in sys.modules and 'torch' not in sys.modules; "
+            "from openvino import convert_model; assert convert_model is ov.convert_model; "
+            "assert 'openvino.tools.ovc' in sys.modules")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
