@@ -117,6 +117,12 @@ def test_a_full_queue_refuses_before_reading_the_body(fm):
             assert s.recv(4096).startswith(b"HTTP/1.1 503")
             s.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
             assert s.recv(4096).startswith(b"HTTP/1.1 200")
+            # Pipelined: two refusals, in order, then the connection closes as the last one asked.
+            one = (b"POST /score HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                   b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+            s.sendall(one + one.replace(b"Host: x\r\n", b"Host: x\r\nConnection: close\r\n"))
+            both = recv_all(s)
+            assert both.count(b"HTTP/1.1 503") == 2 and both.count(b'"queue_full"') == 2, both
         # A client that waits for "100 Continue" may never send its body: refused, then closed.
         with socket.create_connection(("127.0.0.1", fm.port), timeout=10) as s:
             s.sendall(b"POST /score HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
