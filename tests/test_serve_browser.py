@@ -105,3 +105,57 @@ def test_errors_are_shown(servers, browser):
         assert page.is_hidden("#qa-result")  # the previous answer is not left beside the error
     finally:
         page.close()
+
+
+@pytest.fixture(scope="module")
+def vector_servers(checkpoint, classifier, tmp_path_factory):
+    from test_embeddings import st_folder
+
+    running = start_servers({
+        "zs": (("zero-shot-classification", classifier("distilbert", {0: "contradiction", 1: "entailment"}),
+                "--no-access-log"), {}),
+        "rank": (("text-ranking", classifier("bert", {0: "LABEL_0"}, seed=2, head_scale=30.0), "--no-access-log"), {}),
+        "embed": (("sentence-embedding", st_folder(tmp_path_factory.mktemp("st"), checkpoint("bert", None)),
+                   "--no-access-log"), {}),
+    })
+    yield running
+    stop_all(running.values())
+
+
+def test_zero_shot_ranking_and_embedding_pages(vector_servers, browser):
+    zs, rank, embed = vector_servers["zs"], vector_servers["rank"], vector_servers["embed"]
+    page = browser.new_page()
+    try:
+        page.goto(zs.url + "/")
+        page.wait_for_selector("#zero-shot-classification:not([hidden])")
+        page.fill("#zs-labels", "travel, food, sports")
+        page.click("#zs-classify")
+        page.wait_for_selector("#zs-labels-out tr td", timeout=15_000)
+        expected = zs.post("/pipeline/zero-shot-classification", {"inputs": page.input_value("#zs-text"), "parameters": {
+            "candidate_labels": ["travel", "food", "sports"]}}).json()
+        shown = [r.locator("td").first.text_content() for r in page.locator("#zs-labels-out tr").all()[1:]]
+        assert shown == expected["labels"]
+
+        page.goto(rank.url + "/")
+        page.wait_for_selector("#text-ranking:not([hidden])")
+        page.fill("#passages", "Berlin is big.\nParis is old.\nRome is warm.")
+        page.click("#rank")
+        page.wait_for_selector("#ranking tr td", timeout=15_000)
+        texts = ["Berlin is big.", "Paris is old.", "Rome is warm."]
+        expected = rank.post("/rerank", {"query": page.input_value("#query"), "texts": texts}).json()
+        shown = [r.locator("td").first.text_content() for r in page.locator("#ranking tr").all()[1:]]
+        assert shown == [texts[r["index"]] for r in expected]
+
+        page.goto(embed.url + "/")
+        page.wait_for_selector("#embedding:not([hidden])")
+        page.click("#embed")
+        page.wait_for_function("document.querySelector('#vectors').textContent.length > 0", timeout=15_000)
+        vectors = embed.post("/embed", {"inputs": [page.input_value("#embed-a"), page.input_value("#embed-b")]}).json()
+        cosine = sum(a * b for a, b in zip(*vectors))  # the folder normalises: unit vectors
+        shown = page.text_content("#vectors")
+        assert abs(float(shown.split("Cosine similarity: ")[1][:6]) - cosine) < 2e-4, shown
+        assert "32 dimensions" in page.text_content("#vectors") and page.text_content("#error") == ""
+        assert embed.get("/info").json()["embedding"] == {"dimension": 32, "pooling": "mean", "normalize": True}
+        assert zs.get("/info").json()["embedding"] is None
+    finally:
+        page.close()

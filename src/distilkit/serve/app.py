@@ -109,6 +109,15 @@ def warmup_inputs(task: Any) -> list:
     return ["The model warms up in Paris before the first request."]
 
 
+def embedding_info(task: Any) -> dict[str, Any] | None:
+    """For the tasks that answer vectors: their width and the defaults that shape them (a
+    sentence-transformers folder's pooling and normalisation); None for the others."""
+    if task is None or task_name(task.name) not in ("feature-extraction", "sentence-embedding"):
+        return None
+    p = task.params()
+    return {"dimension": task.model.cfg.dim, "pooling": p.pooling, "normalize": p.normalize}
+
+
 def render_json(body: Any, depth: int = 2) -> bytes:
     """JSON bytes of an answer, rendered item by item: one json.dumps of a whole 10 MB answer
     holds the GIL (so the event loop) for its whole length; small pieces let the loop in."""
@@ -283,6 +292,7 @@ def create_app(config: ServeConfig, task: Any | None = None) -> FastAPI:
             "connections": {k: getattr(config, k) for k in ("header_timeout_s", "keep_alive_s", "max_connections")},
             "batching": {"max_batch_tokens": state.batcher.max_batch_tokens if state.batcher else config.max_batch_tokens,
                          "max_batch_size": config.max_batch_size, "max_wait_ms": config.max_wait_ms},
+            "embedding": embedding_info(t),
             "uptime_s": round(time.time() - state.started, 3),
         }
 
