@@ -75,7 +75,8 @@ def export_onnx(model: str | Path, out: str | Path, head: str | None = "auto", i
                 # on this graph it made the dynamic int8 model slower, as did ONNX Runtime's transformer
                 # optimizer, whose fused ops the session's own optimizations already give.
                 quantize_dynamic(str(untied), str(out / FILES["int8"]), weight_type=QuantType.QInt8,
-                                 op_types_to_quantize=["MatMul", "Gemm"], per_channel=True, reduce_range=reduce_range)
+                                 op_types_to_quantize=["MatMul", "Gemm"], per_channel=True,
+                                 reduce_range=reduce_range)
         untied.unlink()
         files.append(FILES["int8"])
     for name in files:

@@ -95,14 +95,8 @@ def make_protocol(header_timeout_s: float, max_connections: int | None, state: A
             keep_alive = (self.parser.get_http_version() != "1.0" and self.parser.should_keep_alive()
                           and not self.expect_100_continue)
             self.cycle = answered
-            content = [STATUS_LINE[503]]
-            headers = [*self.server_state.default_headers, *gate.start["headers"]]
-            if not keep_alive:
-                headers.append((b"connection", b"close"))
-            for name, value in headers:
-                content.extend([name, b": ", value, b"\r\n"])
-            content.extend([b"\r\n", gate.body["body"]])
-            self.transport.write(b"".join(content))
+            self._write(503, [*gate.start["headers"], *([] if keep_alive else [(b"connection", b"close")])],
+                        gate.body["body"])
             gate.count_refusal(self.url.partition(b"?")[0].decode("ascii"))
             if not keep_alive:
                 self.transport.close()
@@ -114,12 +108,15 @@ def make_protocol(header_timeout_s: float, max_connections: int | None, state: A
                 self._arm()  # the next request's headers are timed too
 
         def send_400_response(self, msg: str) -> None:
-            headers, body = error_bytes(400, "invalid_http", msg)
-            content = [STATUS_LINE[400]]
+            self._write(400, *error_bytes(400, "invalid_http", msg))
+            self.transport.close()
+
+        def _write(self, status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> None:
+            """A whole response, written straight to the socket (no ASGI cycle)."""
+            content = [STATUS_LINE[status]]
             for name, value in [*self.server_state.default_headers, *headers]:
                 content.extend([name, b": ", value, b"\r\n"])
             content.extend([b"\r\n", body])
             self.transport.write(b"".join(content))
-            self.transport.close()
 
     return Protocol
