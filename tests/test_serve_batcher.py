@@ -124,3 +124,41 @@ def test_abort_fails_queued_and_running_requests():
     running, queued = serve(run, go, max_wait_s=0.0, max_batch_tokens=1)
     assert isinstance(running, ShuttingDown) and isinstance(queued, ShuttingDown)
     assert calls == [["a"]]  # the model thread stopped at the next piece; "d" never ran
+
+
+def test_a_long_request_takes_turns_with_later_ones():
+    run = Recorder(sleep_s=0.05)
+
+    async def go(b):
+        long = asyncio.create_task(b.submit([f"long{i}" for i in range(12)], {}, costs=[1] * 12))
+        await asyncio.sleep(0.12)  # the long request's third piece is running
+        short = await b.submit(["short"], {"top_k": 3}, costs=[1])  # other parameters: never merged
+        return short, await long
+
+    short, long = serve(run, go, max_wait_s=0.0, max_batch_tokens=1)  # one input per piece
+    assert short == ["short:3"] and long == [f"long{i}:-" for i in range(12)]
+    order = [inputs[0] for inputs, _ in run.calls]
+    # The short request ran right after the piece that was running when it came, not after all 12.
+    assert 2 <= order.index("short") <= 4, order
+    assert sorted(order) == sorted([f"long{i}" for i in range(12)] + ["short"])  # nothing lost or run twice
+
+
+def test_interleaved_batches_keep_their_queue_accounting():
+    release = threading.Event()
+
+    def run(inputs, params):
+        release.wait(10)
+        return list(inputs)
+
+    async def go(b):
+        first = asyncio.create_task(b.submit(["a", "b"], {}, costs=[1, 1]))
+        await asyncio.sleep(0.05)
+        second = asyncio.create_task(b.submit(["c", "d"], {}, costs=[1, 1]))
+        await asyncio.sleep(0.05)
+        depth_while_running = b.depth  # "c d" queued behind the running piece
+        release.set()
+        return depth_while_running, await first, await second, b.depth
+
+    depth, first, second, after = serve(run, go, max_wait_s=0.0, max_batch_tokens=1)
+    assert (first, second) == (["a", "b"], ["c", "d"])
+    assert depth == 1 and after == 0

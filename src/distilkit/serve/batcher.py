@@ -4,9 +4,11 @@ Requests wait in one queue. A collector coroutine takes the oldest request and e
 request with the same parameters, until a token budget or a batch size is reached or the oldest
 has waited `max_wait_s`; requests whose client has gone or whose deadline has passed are dropped
 there, before they cost compute. One model thread runs the merged inputs through `run` (the
-event loop never runs the model) in pieces of at most `max_batch_tokens`: before each piece it
-drops the inputs of requests that timed out or left, and stops when the server aborts, so one
-long request cannot make the ones behind it time out. Each request's results are turned into
+event loop never runs the model) in pieces of at most `max_batch_tokens`, one piece per turn:
+batches in progress take turns, and a batch formed while another is running goes next, so a
+request waits for at most the piece that was running when it was taken, not for a long
+request's whole run. Before each piece the inputs of requests that timed out or left are
+dropped, and nothing more runs once the server aborts. Each request's results are turned into
 its response body (`finish`) on the model thread too, so the event loop never renders a large
 answer. A request with bad input fails alone: its piece is retried without it.
 """
@@ -75,6 +77,17 @@ class BatchStats:
     sizes: collections.Counter = field(default_factory=collections.Counter)
 
 
+@dataclass(eq=False)
+class _Running:
+    """A batch on its way through the model, one piece a turn."""
+    batch: list[_Request]
+    pieces: list[list[tuple[int, int]]]  # (request, input) positions
+    results: list[list]
+    failed: dict[int, BaseException] = field(default_factory=dict)
+    done: int = 0  # pieces run or skipped
+    seconds: float = 0.0  # on the model thread
+
+
 def estimate_tokens(inputs: list) -> int:
     """Tokens a list of inputs will take, from their length in characters (about 4 per token)."""
     total = 0
@@ -98,6 +111,7 @@ class MicroBatcher:
         self.metrics = metrics or ServeMetrics()
         self.stats = BatchStats()
         self._pending: collections.deque[_Request] = collections.deque()
+        self._active: collections.deque[_Running] = collections.deque()  # batches taking turns
         self._wake: asyncio.Event | None = None
         self._collector: asyncio.Task | None = None
         self._thread = ModelThread()
@@ -117,8 +131,9 @@ class MicroBatcher:
         """The grace period is over: take no more requests, fail the queued ones with
         ShuttingDown, and let the running batch stop at its next piece (its requests fail too)."""
         self._closed = self._aborted = True
-        while self._pending:
-            r = self._pending.popleft()
+        waiting = list(self._pending) + [r for running in self._active for r in running.batch]
+        self._pending.clear()
+        for r in waiting:
             if not r.future.done():
                 r.future.set_exception(ShuttingDown())
         self.metrics.queue_depth.set(0)
@@ -141,7 +156,8 @@ class MicroBatcher:
 
     @property
     def depth(self) -> int:
-        return len(self._pending)
+        """Requests waiting: queued, or in a batch waiting for its turn (not the one running)."""
+        return len(self._pending) + sum(len(running.batch) for running in list(self._active)[1:])
 
     # ------------------------------------------------------------------ requests
     async def submit(self, inputs: list, params: dict, *, timeout: float | None = None,
@@ -156,7 +172,7 @@ class MicroBatcher:
         """
         if self._closed or self._wake is None:
             raise ShuttingDown()
-        if len(self._pending) >= self.max_queue:
+        if self.depth >= self.max_queue:
             self.metrics.dropped.inc(reason="queue_full")
             raise QueueFull()
         loop = asyncio.get_running_loop()
@@ -165,7 +181,7 @@ class MicroBatcher:
                            loop.create_future(), loop.time(),
                            time.monotonic() + timeout if timeout is not None else None, is_disconnected, finish)
         self._pending.append(request)
-        self.metrics.queue_depth.set(len(self._pending))
+        self.metrics.queue_depth.set(self.depth)
         self._wake.set()
         try:
             return await asyncio.wait_for(asyncio.shield(request.future), timeout)
@@ -175,7 +191,7 @@ class MicroBatcher:
             request.future.cancel()
             if request in self._pending:
                 self._pending.remove(request)
-                self.metrics.queue_depth.set(len(self._pending))
+                self.metrics.queue_depth.set(self.depth)
             if isinstance(e, TimeoutError):
                 self.metrics.dropped.inc(reason="timeout")
             raise
@@ -183,34 +199,28 @@ class MicroBatcher:
     # ------------------------------------------------------------------ the collector
     async def _collect(self) -> None:
         assert self._wake is not None
-        loop = asyncio.get_running_loop()
+        active = self._active
         while True:
-            while not self._pending:
+            while not self._pending and not active:
                 self._wake.clear()
                 await self._wake.wait()
-            first = self._pending[0]
-            deadline = first.enqueued + self.max_wait_s
-            while not self._full(first.key) and loop.time() < deadline:
-                self._wake.clear()
-                try:
-                    await asyncio.wait_for(self._wake.wait(), deadline - loop.time())
-                except TimeoutError:
-                    break
-            batch = await self._live(self._take(first.key))
-            self.metrics.queue_depth.set(len(self._pending))
-            if not batch:
+            if self._pending:
+                # Wait for company only when the model would otherwise be idle.
+                batch = await self._live(await self._next_batch(wait=not active))
+                self.metrics.queue_depth.set(self.depth)
+                if batch:
+                    self._admit(batch)
+            if not active:
                 continue
-            n_inputs = sum(len(r.inputs) for r in batch)
-            self.metrics.batch_requests.observe(len(batch))
-            self.metrics.batch_inputs.observe(n_inputs)
-            self.stats.batches += 1
-            self.stats.requests += len(batch)
-            self.stats.sizes[len(batch)] += 1
-            start = time.perf_counter()
-            running = asyncio.wrap_future(self._thread.submit(self._execute, batch[0].params, batch))
-            outcomes = await self._watch(running, batch)
-            self.metrics.batch_seconds.observe(time.perf_counter() - start)
-            for r, (ok, value) in zip(batch, outcomes):
+            running = active[0]
+            step = asyncio.wrap_future(self._thread.submit(self._step, running))
+            outcomes = await self._watch(step, running.batch)
+            if outcomes is None:  # more pieces: the next batch takes its turn
+                active.rotate(-1)
+                continue
+            active.popleft()
+            self.metrics.batch_seconds.observe(running.seconds)
+            for r, (ok, value) in zip(running.batch, outcomes):
                 if r.future.done():  # timed out or left while running: nobody is waiting
                     continue
                 if ok:
@@ -219,8 +229,34 @@ class MicroBatcher:
                 else:
                     r.future.set_exception(value)
 
-    async def _watch(self, running: asyncio.Future, batch: list[_Request]) -> list[tuple[bool, Any]]:
-        """Wait for a running batch, marking the requests whose client leaves meanwhile, so that
+    async def _next_batch(self, wait: bool) -> list[_Request]:
+        """The next batch to run; [] while it may still grow and the model has other work."""
+        assert self._wake is not None
+        loop = asyncio.get_running_loop()
+        first = self._pending[0]
+        deadline = first.enqueued + self.max_wait_s
+        if not wait:
+            return self._take(first.key) if self._full(first.key) or loop.time() >= deadline else []
+        while not self._full(first.key) and loop.time() < deadline:
+            self._wake.clear()
+            try:
+                await asyncio.wait_for(self._wake.wait(), deadline - loop.time())
+            except TimeoutError:
+                break
+        return self._take(first.key)
+
+    def _admit(self, batch: list[_Request]) -> None:
+        n_inputs = sum(len(r.inputs) for r in batch)
+        self.metrics.batch_requests.observe(len(batch))
+        self.metrics.batch_inputs.observe(n_inputs)
+        self.stats.batches += 1
+        self.stats.requests += len(batch)
+        self.stats.sizes[len(batch)] += 1
+        # A new batch goes first: what it waits for is bounded by the piece just run.
+        self._active.appendleft(_Running(batch, list(self._pieces(batch)), [[_NOT_RUN] * len(r.inputs) for r in batch]))
+
+    async def _watch(self, running: asyncio.Future, batch: list[_Request]) -> Any:
+        """Wait for a running piece, marking the requests whose client leaves meanwhile, so that
         the model thread skips their remaining pieces."""
         while True:
             done, _ = await asyncio.wait({running}, timeout=_WATCH_S)
@@ -277,17 +313,21 @@ class MicroBatcher:
         return live
 
     # ------------------------------------------------------------------ the model thread
-    def _execute(self, params: dict, batch: list[_Request]) -> list[tuple[bool, Any]]:
-        """(ok, response or exception) per request, computed piece by piece. Runs on the model thread."""
-        results: list[list] = [[_NOT_RUN] * len(r.inputs) for r in batch]
-        failed: dict[int, BaseException] = {}
-        for piece in self._pieces(batch):
-            if self._aborted:
-                break
+    def _step(self, running: _Running) -> list[tuple[bool, Any]] | None:
+        """Run the batch's next piece; when it was the last (or the server aborted), (ok, response
+        or exception) per request. Runs on the model thread."""
+        batch, results, failed = running.batch, running.results, running.failed
+        start = time.perf_counter()
+        if not self._aborted and running.done < len(running.pieces):
+            piece = running.pieces[running.done]
+            running.done += 1
             live = [(ri, xi) for ri, xi in piece if ri not in failed and batch[ri].wanted()]
             self.metrics.skipped_inputs.inc(len(piece) - len(live))
             if live:
-                self._run_piece(params, batch, live, results, failed)
+                self._run_piece(batch[0].params, batch, live, results, failed)
+            if running.done < len(running.pieces):
+                running.seconds += time.perf_counter() - start
+                return None
         outcomes: list[tuple[bool, Any]] = []
         for ri, r in enumerate(batch):
             if ri in failed:
@@ -300,6 +340,7 @@ class MicroBatcher:
                 except Exception as e:  # noqa: BLE001 - reported to that request alone
                     log.exception("rendering the response failed")
                     outcomes.append((False, e))
+        running.seconds += time.perf_counter() - start
         return outcomes
 
     def _pieces(self, batch: list[_Request]):
