@@ -44,6 +44,7 @@ BENCHMARKS = [
      ["--rounds", "2", "--skip-cold"], {"DISTILKIT_INT8_ENGINE": "fbgemm"}),
     ("compile", "speed.py", ["--batch", "8", "--tokens", "128", "--rounds", "5", "--skip-cold", "--compile"],
      ["--rounds", "2", "--skip-cold", "--compile"]),
+    ("cpu-variants", "cpu_variants.py", ["--rounds", "5", "--n", "128"], ["--rounds", "2", "--n", "32"]),
     ("agreement", "agreement.py", [], ["--limit", "200"]),
     ("agreement-int8-fbgemm", "agreement.py", ["--modes", "fp32,int8"], ["--modes", "fp32,int8", "--limit", "200"],
      {"DISTILKIT_INT8_ENGINE": "fbgemm"}),

@@ -162,8 +162,8 @@ def int8_engine() -> str:
     for fbgemm, which has no AMX kernels; oneDNN's run on AMX where the CPU has it: encoder at
     8 x 128 6,553 -> 10,606 tok/s, QA end to end 31.4 -> 49.3 q/s (`benchmarks/run.py --only
     speed,speed-int8-fbgemm,pipelines-int8,pipelines-int8-fbgemm`). Elsewhere torch's choice stands:
-    on AVX512-VNNI without AMX (AMD Zen 4) oneDNN's ran the encoder 12-31% faster but QA end to end
-    no faster (docs/performance.md). DISTILKIT_INT8_ENGINE names one (fbgemm, onednn, x86, ...) instead."""
+    on AVX512-VNNI without AMX (AMD Zen 4) no engine was reliably faster (`benchmarks/cpu_variants.py`).
+    DISTILKIT_INT8_ENGINE names one (fbgemm, onednn, x86, ...) instead."""
     engines = torch.backends.quantized.supported_engines
     chosen = os.environ.get("DISTILKIT_INT8_ENGINE")
     if chosen:
